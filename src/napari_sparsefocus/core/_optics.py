@@ -45,8 +45,9 @@ class Optics:
     working_distance_um : float
         Design thickness of the immersion layer (objective working distance).
     specimen_depth_um : float
-        Depth below the coverslip of the specimen's mid-plane. Content deeper
-        in the mount sees more spherical aberration.
+        Depth below the coverslip of the specimen's mid-plane (default 10 µm:
+        the middle of a 4 µm section under ~8 µm of mounting medium). Content
+        deeper in the mount sees more spherical aberration.
     condenser_na : float
         Numerical aperture of the condenser (partially coherent Köhler
         illumination); the coherence parameter is ``condenser_na / na``.
@@ -76,7 +77,7 @@ class Optics:
     coverslip_thickness_um: float = 170.0
     coverslip_thickness_design_um: float = 170.0
     working_distance_um: float = 600.0
-    specimen_depth_um: float = 6.0
+    specimen_depth_um: float = 10.0
     condenser_na: float = 0.55
     full_well_e: float = 10500.0
     read_noise_e: float = 2.4
