@@ -46,8 +46,10 @@ def test_transfer_functions_conserve_mean_intensity():
     for dz in (-10.0, 0.0, 10.0):
         f, ta, tp = transfer_function_radial(dz - 4.0, 6.0, WL, DEFAULT)
         assert f[0] == 0
-        assert ta[0] == pytest.approx(1.0, abs=2e-3)
-        assert tp[0] == pytest.approx(0.0, abs=2e-3)
+        assert ta[0] == pytest.approx(1.0, abs=1e-9)
+        # Im C(0) is 0 analytically; the quadrature truncates the PSF tail at r_max
+        assert tp[0] == pytest.approx(0.0, abs=5e-3)
+        assert np.all(np.abs(ta) <= 1.0 + 5e-3)  # no frequency gains contrast
 
 
 def test_matched_indices_symmetric_about_focus():
