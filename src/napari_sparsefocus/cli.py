@@ -109,12 +109,21 @@ def _cmd_focus(args: argparse.Namespace) -> int:
     if n < 2:
         print(f"sparsefocus focus: {args.file} is not a z-stack (axes {st.axes})", file=sys.stderr)
         return 2
-    z = None if st.z_step_um is None else np.arange(n) * st.z_step_um
+    labelled = st.metadata.get("defocus_um") if isinstance(st.metadata, dict) else None
+    if isinstance(labelled, list) and len(labelled) == n:
+        z = np.asarray(labelled, dtype=float)  # the project's own files: defocus per plane
+        z_label = "defocus from the file's labels"
+    elif st.z_step_um is not None:
+        z = np.arange(n) * st.z_step_um
+        z_label = f"z-step {st.z_step_um} µm"
+    else:
+        z = None
+        z_label = "no z-step in the file: plane indices"
     report = _focus_report(st.data, z, args.measure, st.rgb)
     if args.json:
         print(json.dumps({"file": str(args.file), **report}))
     else:
-        _print_focus(report, f"{args.file}: {n} planes, z-step {st.z_step_um} µm")
+        _print_focus(report, f"{args.file}: {n} planes, {z_label}")
     return 0
 
 
@@ -172,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="simulate dense and extremely sparse stacks and analyse them")
     d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--size", type=int, default=1120)
+    d.add_argument("--size", type=int, default=2016)
     d.set_defaults(func=_cmd_demo)
     return p
 

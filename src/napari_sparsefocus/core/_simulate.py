@@ -97,7 +97,8 @@ def _content_cells(
     lo, hi = _LEVEL_COUNTS[sparsity]
     n = gy * gx
     scale = n / 81.0
-    lo_n, hi_n = (max(1, round(lo * scale)) if lo else 0), max(0, round(hi * scale))
+    lo_n = max(1, round(lo * scale)) if lo else 0
+    hi_n = max(lo_n, round(hi * scale))
     count = int(rng.integers(lo_n, hi_n + 1)) if hi_n > 0 else 0
     centre = np.zeros(n, bool)
     centre[rng.choice(n, size=min(count, n), replace=False)] = True
