@@ -1,3 +1,4 @@
+# ruff: noqa: B023  (lambdas are called inside the loop iteration that defines them)
 """Render-speed benchmark: one 2016×2016 RGB plane and one 224×224 training patch.
 
 Targets (issue: foundation): a full plane ≤ 1 s, a patch ≤ 10 ms, so training
@@ -58,8 +59,10 @@ def main() -> None:
         warm, _ = _median_ms(lambda: fld.snap_defocus(float(rng.uniform(-25, 25))), args.repeats)
         results[f"plane_2016_{kind}_{sparsity}_new_field_ms"] = round(cold, 1)
         results[f"plane_2016_{kind}_{sparsity}_same_field_new_z_ms"] = round(warm, 1)
-        print(f"2016x2016 RGB plane, {kind}/{sparsity}: new field {cold:.0f} ms, "
-              f"same field at a new z {warm:.0f} ms (median of {args.repeats})")
+        print(
+            f"2016x2016 RGB plane, {kind}/{sparsity}: new field {cold:.0f} ms, "
+            f"same field at a new z {warm:.0f} ms (median of {args.repeats})"
+        )
 
     sampler = PatchSampler(optics, planes_per_region=4, seed=1)
     sampler.sample(36)  # warm caches
@@ -68,8 +71,10 @@ def main() -> None:
     per_patch = med / n
     results["patch_224_ms_per_patch"] = round(per_patch, 2)
     results["patch_sampler_setting"] = "5x5-patch regions, inner 3x3 kept, 4 defocus values each"
-    print(f"224x224 RGB training patch: {per_patch:.2f} ms per patch "
-          f"(PatchSampler, {n} patches per draw, median)")
+    print(
+        f"224x224 RGB training patch: {per_patch:.2f} ms per patch "
+        f"(PatchSampler, {n} patches per draw, median)"
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.out}")

@@ -18,8 +18,24 @@ BEADS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "beads_
 
 def test_simulate_writes_a_labelled_ome_tiff(tmp_path, capsys):
     out = tmp_path / "s.ome.tif"
-    rc = main(["simulate", str(out), "--kind", "tissue", "--sparsity", "dense",
-               "--z-range", "-2", "2", "1", "--size", "448", "--seed", "3"])
+    rc = main(
+        [
+            "simulate",
+            str(out),
+            "--kind",
+            "tissue",
+            "--sparsity",
+            "dense",
+            "--z-range",
+            "-2",
+            "2",
+            "1",
+            "--size",
+            "448",
+            "--seed",
+            "3",
+        ]
+    )
     assert rc == 0
     assert "wrote" in capsys.readouterr().out
     st = read_stack(out)
@@ -32,8 +48,22 @@ def test_simulate_writes_a_labelled_ome_tiff(tmp_path, capsys):
 
 def test_focus_json_on_a_simulated_stack_finds_defocus_zero(tmp_path, capsys):
     out = tmp_path / "s.ome.tif"
-    main(["simulate", str(out), "--kind", "cell", "--sparsity", "dense",
-          "--z-range", "-5", "5", "1", "--size", "448"])
+    main(
+        [
+            "simulate",
+            str(out),
+            "--kind",
+            "cell",
+            "--sparsity",
+            "dense",
+            "--z-range",
+            "-5",
+            "5",
+            "1",
+            "--size",
+            "448",
+        ]
+    )
     capsys.readouterr()
     assert main(["focus", str(out), "--json"]) == 0
     rec = json.loads(capsys.readouterr().out)

@@ -6,11 +6,13 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 __all__ = ["main"]
 
@@ -25,7 +27,8 @@ def _z_values(args: argparse.Namespace) -> np.ndarray | None:
         if step <= 0 or stop < start:
             raise SystemExit("--z-range needs START STOP STEP with STEP > 0 and STOP >= START")
         n = int(np.floor((stop - start) / step + 1e-9)) + 1
-        return np.round(start + step * np.arange(n), 6)
+        z: np.ndarray = np.round(start + step * np.arange(n), 6)
+        return z
     return None
 
 
@@ -60,9 +63,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _focus_report(
-    images: Any, z_um: np.ndarray | None, measure: str, rgb: bool
-) -> dict[str, Any]:
+def _focus_report(images: Any, z_um: np.ndarray | None, measure: str, rgb: bool) -> dict[str, Any]:
     from .core import find_focal_plane
 
     res = find_focal_plane(images, z_um=z_um, measure=measure, channel_axis=-1 if rgb else None)
@@ -86,7 +87,7 @@ def _print_focus(report: dict[str, Any], title: str) -> None:
     print(f"  measure: {report['measure']}")
     width = 40
     for z, v in zip(report["z_um"], report["curve_normalised"], strict=True):
-        bar = "#" * int(round(v * width))
+        bar = "#" * round(v * width)
         mark = " <- focal plane" if z == report["z_um"][report["focal_plane_index"]] else ""
         print(f"  {z:8.2f} µm  {v:6.3f} {bar}{mark}")
     verdict = "trustworthy" if report["trustworthy"] else f"NOT trustworthy: {report['reason']}"
@@ -137,8 +138,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         f"DoF {optics.dof_um:.3f} µm"
     )
     for kind, sparsity in (("tissue", "dense"), ("cell", "extremely_sparse")):
-        st = simulate_stack(kind, sparsity, z_um=z, optics=optics, seed=args.seed,
-                            shape_px=(args.size, args.size))
+        st = simulate_stack(
+            kind, sparsity, z_um=z, optics=optics, seed=args.seed, shape_px=(args.size, args.size)
+        )
         rep = _focus_report(st.images, st.defocus_um, "brenner", rgb=True)
         _print_focus(
             rep,
@@ -146,9 +148,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             f"patches hold content; true focus at defocus 0",
         )
         err = rep["focal_plane_z_um"]
-        print(
-            f"  classical (Brenner) focus error: {err:+.2f} µm = {err / optics.dof_um:+.2f} DoF"
-        )
+        print(f"  classical (Brenner) focus error: {err:+.2f} µm = {err / optics.dof_um:+.2f} DoF")
     return 0
 
 
@@ -161,12 +161,18 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("simulate", help="simulate a defocus z-stack to OME-TIFF")
     s.add_argument("output", type=Path, help="output .ome.tif")
     s.add_argument("--kind", choices=("cell", "tissue"), default="cell")
-    s.add_argument("--sparsity", choices=("dense", "sparse", "extremely_sparse", "empty"),
-                   default="sparse")
+    s.add_argument(
+        "--sparsity", choices=("dense", "sparse", "extremely_sparse", "empty"), default="sparse"
+    )
     g = s.add_mutually_exclusive_group()
     g.add_argument("--z", type=float, nargs="+", help="defocus values (µm)")
-    g.add_argument("--z-range", type=float, nargs=3, metavar=("START", "STOP", "STEP"),
-                   help="defocus range (µm); default -25 25 0.5")
+    g.add_argument(
+        "--z-range",
+        type=float,
+        nargs=3,
+        metavar=("START", "STOP", "STEP"),
+        help="defocus range (µm); default -25 25 0.5",
+    )
     s.add_argument("--size", type=int, default=2016, help="field size in px (default 2016)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--split", choices=("train", "test"), default="test")
@@ -189,8 +195,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     return int(args.func(args))
 
 

@@ -110,11 +110,22 @@ def _psfmodels_axial(depth: float, zv: np.ndarray) -> np.ndarray:
     pm = pytest.importorskip("psfmodels")  # GPL-3.0: test-only dependency
     o = DEFAULT
     ps = pm.make_psf(
-        zv, nx=33, dxy=0.05, pz=depth, NA=o.na, wvl=WL, ns=o.sample_index,
-        ni=o.immersion_index, ni0=o.immersion_index_design, ng=o.coverslip_index,
-        ng0=o.coverslip_index_design, tg=o.coverslip_thickness_um,
-        tg0=o.coverslip_thickness_design_um, ti0=o.working_distance_um,
-        model="scalar", normalize=False,
+        zv,
+        nx=33,
+        dxy=0.05,
+        pz=depth,
+        NA=o.na,
+        wvl=WL,
+        ns=o.sample_index,
+        ni=o.immersion_index,
+        ni0=o.immersion_index_design,
+        ng=o.coverslip_index,
+        ng0=o.coverslip_index_design,
+        tg=o.coverslip_thickness_um,
+        tg0=o.coverslip_thickness_design_um,
+        ti0=o.working_distance_um,
+        model="scalar",
+        normalize=False,
     )
     return ps[:, 16, 16] / ps[:, 16, 16].max()
 
@@ -159,14 +170,30 @@ def test_defocused_radial_profiles_agree_with_psfmodels():
     zm = np.arange(-8, 0.001, 0.02)
     zp = zm[np.argmax([psf_radial(z, depth, WL, o)[1][0] for z in zm])]
     dxy, nx = 0.1, 161
-    kw = dict(nx=nx, dxy=dxy, pz=depth, NA=o.na, wvl=WL, ns=o.sample_index, ni=1.0, ni0=1.0,
-              ng=o.coverslip_index, ng0=o.coverslip_index_design, tg=170, tg0=170,
-              ti0=o.working_distance_um, model="scalar", normalize=False)
+    kw = {
+        "nx": nx,
+        "dxy": dxy,
+        "pz": depth,
+        "NA": o.na,
+        "wvl": WL,
+        "ns": o.sample_index,
+        "ni": 1.0,
+        "ni0": 1.0,
+        "ng": o.coverslip_index,
+        "ng0": o.coverslip_index_design,
+        "tg": 170,
+        "tg0": 170,
+        "ti0": o.working_distance_um,
+        "model": "scalar",
+        "normalize": False,
+    }
     theirs = pm.make_psf([zt - u, zt + u], **kw)
-    profiles_t = [p[nx // 2, nx // 2:] / p.sum() for p in theirs]
-    mine = [psf_2d(zp + u, depth, WL, o, size_px=nx, pixel_size_um=dxy),
-            psf_2d(zp - u, depth, WL, o, size_px=nx, pixel_size_um=dxy)]
-    profiles_m = [p[nx // 2, nx // 2:] for p in mine]
+    profiles_t = [p[nx // 2, nx // 2 :] / p.sum() for p in theirs]
+    mine = [
+        psf_2d(zp + u, depth, WL, o, size_px=nx, pixel_size_um=dxy),
+        psf_2d(zp - u, depth, WL, o, size_px=nx, pixel_size_um=dxy),
+    ]
+    profiles_m = [p[nx // 2, nx // 2 :] for p in mine]
     for t, m in zip(profiles_t, profiles_m, strict=True):
         assert np.abs(t - m).max() < 0.1 * t.max()
     # the two sides differ, and in the same way in both models

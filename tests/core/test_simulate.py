@@ -41,7 +41,7 @@ def test_stack_shapes_labels_and_metadata():
 
 
 def test_deterministic_by_seed_and_split():
-    kw = dict(z_um=[1.0], shape_px=SMALL)
+    kw = {"z_um": [1.0], "shape_px": SMALL}
     a = simulate_stack("tissue", "sparse", seed=1, **kw)
     b = simulate_stack("tissue", "sparse", seed=1, **kw)
     np.testing.assert_array_equal(a.images, b.images)
@@ -77,7 +77,7 @@ def test_sharpness_peaks_at_focus_and_falls_with_defocus_on_dense_content(kind):
     assert abs(res.z_um) <= 0.5 * Optics().dof_um + 0.25
     peak = int(np.argmax(curve))
     # falls monotonically away from the peak on both sides beyond one step
-    assert np.all(np.diff(curve[: peak]) > 0)
+    assert np.all(np.diff(curve[:peak]) > 0)
     assert np.all(np.diff(curve[peak + 1 :]) < 0)
 
 
@@ -131,8 +131,9 @@ def test_patch_sampler_labels():
     assert np.all(np.abs(b.defocus_um) <= 25)
     assert set(np.unique(b.importance)) <= {0.0, 1.0}
     # near focus, content patches carry more structure than empty ones
-    near = PatchSampler(planes_per_region=1, seed=4, content_probability=0.5,
-                        defocus_range_um=(-1.0, 1.0)).sample(36)
+    near = PatchSampler(
+        planes_per_region=1, seed=4, content_probability=0.5, defocus_range_um=(-1.0, 1.0)
+    ).sample(36)
     g = np.array([brenner(im, channel_axis=-1) for im in near.images])
     assert 0 < near.importance.sum() < len(near.importance)
     assert np.median(g[near.importance == 1]) > 1.5 * np.median(g[near.importance == 0])
@@ -144,16 +145,16 @@ def test_patch_sampler_labels():
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        (dict(kind="fluorescent"), "kind"),
-        (dict(sparsity="medium"), "sparsity"),
-        (dict(split="val"), "split"),
-        (dict(shape_px=(100, 448)), "shape_px"),
-        (dict(z_um=[0.0, float("nan")]), "NaN"),
-        (dict(z_um=[]), "non-empty"),
+        ({"kind": "fluorescent"}, "kind"),
+        ({"sparsity": "medium"}, "sparsity"),
+        ({"split": "val"}, "split"),
+        ({"shape_px": (100, 448)}, "shape_px"),
+        ({"z_um": [0.0, float("nan")]}, "NaN"),
+        ({"z_um": []}, "non-empty"),
     ],
 )
 def test_bad_arguments_raise(kwargs, match):
-    kw = dict(shape_px=SMALL, z_um=[0.0])
+    kw = {"shape_px": SMALL, "z_um": [0.0]}
     kw.update(kwargs)
     with pytest.raises(ValueError, match=match):
         simulate_stack(**kw)

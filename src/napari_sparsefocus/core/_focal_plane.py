@@ -20,7 +20,11 @@ if TYPE_CHECKING:
     from numpy.typing import ArrayLike, NDArray
 
 __all__ = [
-    "DEFAULT_MIN_RELATIVE_CONTRAST","FocalPlaneResult", "find_focal_plane", "focal_plane_from_curve"]
+    "DEFAULT_MIN_RELATIVE_CONTRAST",
+    "FocalPlaneResult",
+    "find_focal_plane",
+    "focal_plane_from_curve",
+]
 
 #: Default flatness threshold on ``(max - min) / max`` (see :func:`focal_plane_from_curve`).
 DEFAULT_MIN_RELATIVE_CONTRAST = 0.5

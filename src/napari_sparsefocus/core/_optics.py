@@ -109,13 +109,24 @@ class Optics:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise ValueError(f"Optics.{name} must be a finite number >= 0, got {value!r}")
-        for name in ("immersion_index", "immersion_index_design", "sample_index",
-                     "coverslip_index", "coverslip_index_design"):
+        for name in (
+            "immersion_index",
+            "immersion_index_design",
+            "sample_index",
+            "coverslip_index",
+            "coverslip_index_design",
+        ):
             if getattr(self, name) < 1.0:
-                raise ValueError(f"Optics.{name} must be >= 1 (a refractive index), "
-                                 f"got {getattr(self, name)!r}")
-        limit = min(self.immersion_index, self.immersion_index_design, self.sample_index,
-                    self.coverslip_index, self.coverslip_index_design)
+                raise ValueError(
+                    f"Optics.{name} must be >= 1 (a refractive index), got {getattr(self, name)!r}"
+                )
+        limit = min(
+            self.immersion_index,
+            self.immersion_index_design,
+            self.sample_index,
+            self.coverslip_index,
+            self.coverslip_index_design,
+        )
         if self.na >= limit:
             raise ValueError(
                 f"Optics.na={self.na} must be smaller than every refractive index in the "
@@ -133,7 +144,9 @@ class Optics:
             )
         object.__setattr__(self, "wavelengths_um", wl)
         if int(self.bit_depth) != self.bit_depth or not (1 <= self.bit_depth <= 16):
-            raise ValueError(f"Optics.bit_depth must be an integer in 1..16, got {self.bit_depth!r}")
+            raise ValueError(
+                f"Optics.bit_depth must be an integer in 1..16, got {self.bit_depth!r}"
+            )
 
     # ------------------------------------------------------------------ derived
     @property
@@ -168,9 +181,8 @@ class Optics:
            Depth of Focus".
         """
         n = self.immersion_index
-        return (
-            self.reference_wavelength_um * n / self.na**2
-            + n * self.camera_pixel_size_um / (self.magnification * self.na)
+        return self.reference_wavelength_um * n / self.na**2 + n * self.camera_pixel_size_um / (
+            self.magnification * self.na
         )
 
     @property

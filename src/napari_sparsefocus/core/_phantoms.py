@@ -1186,16 +1186,16 @@ def _tissue_outline(cv: _Canvas, up: _Upsampler, sparsity: str) -> NDArray[np.fl
         wav = 0.5 + 0.5 * np.tanh(wav)
         wav *= cv.um(float(rng.uniform(6.0, 14.0)))
         np.minimum(outline, dist - wav, out=outline)
-        if sparsity != "dense":
-            # separate fragments: rounded level sets of the blurred chosen region
-            soft = ndimage.gaussian_filter(ind.astype(np.float64), 0.35 * cv.patch / f)
-            soft -= float(rng.uniform(0.55, 0.7))
-            amp = float(rng.uniform(0.08, 0.14))
-            soft += amp * _smooth_field(rng, (hc, wc), 5.0 / cpx)
-            soft += amp * _smooth_field(rng, (hc, wc), 15.0 / cpx)
-            sy_, sx_ = np.gradient(soft)
-            soft /= np.maximum(np.sqrt(sy_**2 + sx_**2) / f, 0.02 / f)
-            np.minimum(outline, soft, out=outline)
+        # rounded, irregular fragments and holes: noisy level sets of the blurred
+        # chosen region (a dense section keeps more of it)
+        soft = ndimage.gaussian_filter(ind.astype(np.float64), 0.35 * cv.patch / f)
+        soft -= float(rng.uniform(0.4, 0.5) if sparsity == "dense" else rng.uniform(0.55, 0.7))
+        amp = float(rng.uniform(0.08, 0.14))
+        soft += amp * _smooth_field(rng, (hc, wc), 5.0 / cpx)
+        soft += amp * _smooth_field(rng, (hc, wc), 15.0 / cpx)
+        sy_, sx_ = np.gradient(soft)
+        soft /= np.maximum(np.sqrt(sy_**2 + sx_**2) / f, 0.02 / f)
+        np.minimum(outline, soft, out=outline)
     # a core of tissue in every chosen cell guarantees its content
     for i, j in zip(*np.nonzero(cv.chosen), strict=True):
         cyc = (i + rng.uniform(0.35, 0.65)) * cv.patch / f - 0.5

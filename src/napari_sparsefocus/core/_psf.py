@@ -149,7 +149,8 @@ def _rho_nodes(n_rho: int) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
 
 @lru_cache(maxsize=64)
 def _r_grid(r_max: float, n_r: int) -> NDArray[np.float64]:
-    return (np.arange(n_r) + 0.5) * (r_max / n_r)
+    out: NDArray[np.float64] = (np.arange(n_r, dtype=np.float64) + 0.5) * (r_max / n_r)
+    return out
 
 
 @lru_cache(maxsize=96)
@@ -203,9 +204,7 @@ def amplitude_psf_radial(
         r_max, n_r = float(r_max_um), int(np.ceil(n_r * scale / 64.0) * 64)
         n_rho = int(np.ceil(n_rho * scale / 64.0) * 64)
     rho, _ = _rho_nodes(n_rho)
-    phase = (2.0 * np.pi / wavelength_um) * optical_path_difference_um(
-        rho, z_um, depth_um, optics
-    )
+    phase = (2.0 * np.pi / wavelength_um) * optical_path_difference_um(rho, z_um, depth_um, optics)
     pupil = np.exp(1j * phase)
     if pupil_cutoff < 1.0:
         pupil = np.where(rho <= pupil_cutoff, pupil, 0.0)
@@ -289,7 +288,8 @@ def psf_2d(
     r, h = amplitude_psf_radial(z_um, depth, wl, optics, r_max_um=float(np.ceil(r_need / 8) * 8))
     img = np.interp(rr, r, np.abs(h) ** 2)
     img = img.reshape(size_px, 3, size_px, 3).mean(axis=(1, 3))
-    return img / img.sum()
+    out: NDArray[np.float64] = img / img.sum()
+    return out
 
 
 def psf_xz(
@@ -321,8 +321,14 @@ def psf_xz(
     """
     return np.stack(
         [
-            psf_2d(float(z), depth_um, wavelength_um, optics, size_px=size_px,
-                   pixel_size_um=pixel_size_um)[size_px // 2]
+            psf_2d(
+                float(z),
+                depth_um,
+                wavelength_um,
+                optics,
+                size_px=size_px,
+                pixel_size_um=pixel_size_um,
+            )[size_px // 2]
             for z in np.asarray(z_um, dtype=np.float64)
         ]
     )
@@ -442,9 +448,7 @@ def _best_focus_cached(depth_q: float, wavelength_um: float, optics: Optics) -> 
     return float(res.x)
 
 
-def best_focus_z_um(
-    depth_um: float, optics: Optics, wavelength_um: float | None = None
-) -> float:
+def best_focus_z_um(depth_um: float, optics: Optics, wavelength_um: float | None = None) -> float:
     """Return the stage position (µm) of sharpest focus for an object at a depth.
 
     Parameters

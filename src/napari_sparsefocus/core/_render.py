@@ -28,9 +28,7 @@ _N_FINE = 4096
 
 
 @lru_cache(maxsize=16)
-def _radial_index(
-    shape: tuple[int, int], pixel_size_um: float, f_max: float
-) -> NDArray[np.int32]:
+def _radial_index(shape: tuple[int, int], pixel_size_um: float, f_max: float) -> NDArray[np.int32]:
     """Index of each rfft-grid frequency in a fine radial table over [0, f_max].
 
     Frequencies at or beyond ``f_max`` point at the last entry, which is 0.
@@ -39,12 +37,14 @@ def _radial_index(
     fx = np.fft.rfftfreq(shape[1], d=pixel_size_um).astype(np.float32)
     fr = np.sqrt(fy[:, None] ** 2 + fx[None, :] ** 2)
     pos = np.rint(fr * np.float32((_N_FINE - 2) / f_max))
-    return np.minimum(pos, _N_FINE - 1).astype(np.int32)
+    out: NDArray[np.int32] = np.minimum(pos, _N_FINE - 1).astype(np.int32)
+    return out
 
 
 @lru_cache(maxsize=16)
 def _fine_axis(f_max: float) -> NDArray[np.float64]:
-    return np.arange(_N_FINE - 1) * (f_max / (_N_FINE - 2))
+    out: NDArray[np.float64] = np.arange(_N_FINE - 1, dtype=np.float64) * (f_max / (_N_FINE - 2))
+    return out
 
 
 def _on_grid(
@@ -171,7 +171,9 @@ class Camera:
             Counts in ``[0, 2**bit_depth - 1]``.
         """
         o = self.optics
-        e = np.multiply(intensity, np.float32(self.exposure_level * o.full_well_e), dtype=np.float32)
+        e = np.multiply(
+            intensity, np.float32(self.exposure_level * o.full_well_e), dtype=np.float32
+        )
         pattern = self.gain_pattern(e.shape)
         if pattern is not None:
             e *= pattern
@@ -254,7 +256,9 @@ class Renderer:
             self._absorb.append(per_ch)
             ph = np.asarray(lay.phase_rad, dtype=np.float32)
             if float(np.abs(ph).max(initial=0.0)) > 0.0:
-                self._phase.append(sfft.rfft2(ph, workers=_WORKERS).astype(np.complex64, copy=False))
+                self._phase.append(
+                    sfft.rfft2(ph, workers=_WORKERS).astype(np.complex64, copy=False)
+                )
             else:
                 self._phase.append(None)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +14,8 @@ from ._psf import best_focus_z_um
 from ._render import Camera, Renderer, illumination_field
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
+
     from numpy.typing import ArrayLike, NDArray
 
 __all__ = [
@@ -102,7 +103,9 @@ def _content_cells(
     count = int(rng.integers(lo_n, hi_n + 1)) if hi_n > 0 else 0
     centre = np.zeros(n, bool)
     centre[rng.choice(n, size=min(count, n), replace=False)] = True
-    full[margin_cells : margin_cells + gy, margin_cells : margin_cells + gx] = centre.reshape(gy, gx)
+    full[margin_cells : margin_cells + gy, margin_cells : margin_cells + gx] = centre.reshape(
+        gy, gx
+    )
     if sparsity in ("dense", "sparse") and margin_cells:
         ring = rng.random(full.shape) < (count / n)
         ring[margin_cells : margin_cells + gy, margin_cells : margin_cells + gx] = False
@@ -232,8 +235,11 @@ class SimulatedField:
         ext = self.specimen.extinction([o.reference_wavelength_um])[:, 0]
         weights, zs = [], []
         for lay in self.specimen.layers:
-            mass = float(np.tensordot(ext, np.asarray(lay.stains)[:, crop[0], crop[1]].sum(axis=(1, 2)),
-                                      axes=(0, 0)))
+            mass = float(
+                np.tensordot(
+                    ext, np.asarray(lay.stains)[:, crop[0], crop[1]].sum(axis=(1, 2)), axes=(0, 0)
+                )
+            )
             weights.append(mass)
             zs.append(best_focus_z_um(o.specimen_depth_um + lay.depth_offset_um, o))
         w = np.asarray(weights)
@@ -264,12 +270,13 @@ class SimulatedField:
         if not math.isfinite(z_um):
             raise ValueError(f"z_um must be finite, got {z_um}")
         if rng is None and noise:
-            rng = _rng(self.seed, self.split, 13, int(round(z_um * 1000)) & 0x7FFFFFFF)
+            rng = _rng(self.seed, self.split, 13, round(z_um * 1000) & 0x7FFFFFFF)
         inten = self.renderer.intensity(z_um, self.illumination)  # (C, Y, X)
         img = self.camera.expose(inten, rng, noise=noise)
-        if img.shape[0] == 1:
-            return img[0]
-        return np.ascontiguousarray(np.moveaxis(img, 0, -1))
+        out: NDArray[Any] = (
+            img[0] if img.shape[0] == 1 else np.ascontiguousarray(np.moveaxis(img, 0, -1))
+        )
+        return out
 
     def snap_defocus(self, defocus_um: float, **kw: Any) -> NDArray[Any]:
         """Render at ``z_focus_um + defocus_um`` (see :meth:`snap`)."""
@@ -324,7 +331,9 @@ def simulate_field(
     if sy < PATCH_PX or sx < PATCH_PX:
         raise ValueError(f"shape_px must be at least {PATCH_PX} px each way, got {shape_px}")
     if margin_px < 0 or margin_px % PATCH_PX:
-        raise ValueError(f"margin_px must be a non-negative multiple of {PATCH_PX}, got {margin_px}")
+        raise ValueError(
+            f"margin_px must be a non-negative multiple of {PATCH_PX}, got {margin_px}"
+        )
     # pad the field to whole patches so the grid is anchored at its top-left corner
     gy, gx = sy // PATCH_PX, sx // PATCH_PX
     extra_y, extra_x = sy - gy * PATCH_PX, sx - gx * PATCH_PX
@@ -369,7 +378,9 @@ def _defocus_array(z_um: ArrayLike | None) -> NDArray[np.float64]:
         return DEFAULT_DEFOCUS_UM.copy()
     z = np.atleast_1d(np.asarray(z_um, dtype=np.float64))
     if z.ndim != 1 or z.size == 0:
-        raise ValueError(f"z_um must be a non-empty 1-D sequence of defocus values, got shape {z.shape}")
+        raise ValueError(
+            f"z_um must be a non-empty 1-D sequence of defocus values, got shape {z.shape}"
+        )
     if not np.all(np.isfinite(z)):
         raise ValueError("z_um holds NaN or infinite values")
     return z
@@ -547,7 +558,9 @@ class PatchSampler:
             raise ValueError(f"content_probability must be in [0, 1], got {content_probability}")
         lo, hi = (float(v) for v in defocus_range_um)
         if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-            raise ValueError(f"defocus_range_um must be finite (lo, hi) with lo < hi, got {defocus_range_um}")
+            raise ValueError(
+                f"defocus_range_um must be finite (lo, hi) with lo < hi, got {defocus_range_um}"
+            )
         if planes_per_region < 1:
             raise ValueError(f"planes_per_region must be >= 1, got {planes_per_region}")
         self.optics = optics or Optics()
@@ -596,7 +609,9 @@ class PatchSampler:
                 img = img[..., None]
             for i in range(3):
                 for j in range(3):
-                    imgs.append(img[i * PATCH_PX : (i + 1) * PATCH_PX, j * PATCH_PX : (j + 1) * PATCH_PX])
+                    imgs.append(
+                        img[i * PATCH_PX : (i + 1) * PATCH_PX, j * PATCH_PX : (j + 1) * PATCH_PX]
+                    )
                     dfs.append(float(dz))
                     imps.append(float(fld.importance[i, j]))
         m = len(imgs)
@@ -628,6 +643,8 @@ class PatchSampler:
             b = self._region()
             parts.append(b)
             have += len(b.defocus_um)
-        cat = {k: np.concatenate([getattr(p, k) for p in parts])[:n] for k in
-               ("images", "defocus_um", "importance", "kind", "sparsity")}
+        cat = {
+            k: np.concatenate([getattr(p, k) for p in parts])[:n]
+            for k in ("images", "defocus_um", "importance", "kind", "sparsity")
+        }
         return PatchBatch(**cat)
