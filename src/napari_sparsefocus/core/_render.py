@@ -32,8 +32,10 @@ def _radial_index(shape: tuple[int, int], pixel_size_um: float, f_max: float) ->
     """Index of each rfft-grid frequency in a fine radial table over [0, f_max].
 
     Frequencies at or beyond ``f_max`` point at the last entry, which is 0.
+    Only rows ``0 … ny // 2`` are returned: the table is radial, so the
+    negative-frequency rows mirror them (see :func:`_mul_radial`).
     """
-    fy = np.fft.fftfreq(shape[0], d=pixel_size_um).astype(np.float32)
+    fy = np.abs(np.fft.fftfreq(shape[0], d=pixel_size_um)[: shape[0] // 2 + 1]).astype(np.float32)
     fx = np.fft.rfftfreq(shape[1], d=pixel_size_um).astype(np.float32)
     fr = np.sqrt(fy[:, None] ** 2 + fx[None, :] ** 2)
     pos = np.rint(fr * np.float32((_N_FINE - 2) / f_max))
@@ -101,6 +103,26 @@ def _prnu_pattern(shape: tuple[int, ...], prnu: float, seed: int) -> NDArray[np.
     g += np.float32(1.0)
     g.setflags(write=False)
     return g
+
+
+def _mul_radial(
+    spec: NDArray[np.complex64],
+    t_half: NDArray[np.float32],
+    out: NDArray[np.complex64],
+    *,
+    accumulate: bool,
+) -> None:
+    """``out (+)= spec * T`` where T's rows below the middle mirror ``t_half``."""
+    ny = spec.shape[0]
+    h = ny // 2
+    lo, hi = slice(0, h + 1), slice(h + 1, ny)
+    mirror = t_half[1 : ny - h][::-1]
+    if accumulate:
+        out[lo] += spec[lo] * t_half
+        out[hi] += spec[hi] * mirror
+    else:
+        np.multiply(spec[lo], t_half, out=out[lo])
+        np.multiply(spec[hi], mirror, out=out[hi])
 
 
 class Camera:
@@ -246,13 +268,24 @@ class Renderer:
             if float(stains.max(initial=0.0)) <= 0.0:
                 per_ch = [None] * len(wl)
             else:
-                spectra = sfft.rfft2(stains, axes=(-2, -1), workers=_WORKERS)  # (S, Y, X//2+1)
-                for c in range(len(wl)):
-                    w = ext[:, c] * np.float32(_LN10)
-                    acc = spectra[0] * w[0]
-                    for k in range(1, len(w)):
-                        acc += spectra[k] * w[k]
-                    per_ch.append(acc.astype(np.complex64, copy=False))
+                w = ext * np.float32(_LN10)  # (S, C)
+                if stains.shape[0] <= len(wl):
+                    # fewer stains than channels: transform each stain, combine spectra
+                    spectra = sfft.rfft2(stains, axes=(-2, -1), workers=_WORKERS)  # (S, Y, X//2+1)
+                    for c in range(len(wl)):
+                        acc = spectra[0] * w[0, c]
+                        for k in range(1, len(w)):
+                            acc += spectra[k] * w[k, c]
+                        per_ch.append(acc.astype(np.complex64, copy=False))
+                else:
+                    # more stains than channels: combine optical density first (one FFT per channel)
+                    for c in range(len(wl)):
+                        od = stains[0] * w[0, c]
+                        for k in range(1, len(w)):
+                            od += stains[k] * w[k, c]
+                        per_ch.append(
+                            sfft.rfft2(od, workers=_WORKERS).astype(np.complex64, copy=False)
+                        )
             self._absorb.append(per_ch)
             ph = np.asarray(lay.phase_rad, dtype=np.float32)
             if float(np.abs(ph).max(initial=0.0)) > 0.0:
@@ -282,8 +315,10 @@ class Renderer:
             ny = len(range(*self.crop[0].indices(ny)))
             nx = len(range(*self.crop[1].indices(nx)))
         out = np.empty((o.n_channels, ny, nx), np.float32)
+        spec_shape = (self.shape[0], self.shape[1] // 2 + 1)
+        acc = np.empty(spec_shape, np.complex64)
         for c, wl in enumerate(o.wavelengths_um):
-            acc: NDArray[np.complex64] | None = None
+            started = False
             for l_i, depth in enumerate(self._depths):
                 a = self._absorb[l_i][c]
                 p = self._phase[l_i]
@@ -291,18 +326,15 @@ class Renderer:
                     continue
                 f, ta, tp = transfer_function_radial(z_um, depth, wl, o)
                 idx = _radial_index(self.shape, px, float(f[-1]))
-                term: NDArray[np.complex64] | None = None
                 if a is not None:
-                    term = a * _on_grid(f, ta, idx)
+                    _mul_radial(a, _on_grid(f, ta, idx), acc, accumulate=started)
+                    started = True
                 if p is not None:
-                    pt = p * (_on_grid(f, tp, idx) * np.float32(2.0 * _PHASE_REF_UM / wl))
-                    term = pt if term is None else term + pt
-                if term is not None:
-                    if acc is None:
-                        acc = term
-                    else:
-                        acc += term
-            if acc is None:
+                    t = _on_grid(f, tp, idx)
+                    t *= np.float32(2.0 * _PHASE_REF_UM / wl)
+                    _mul_radial(p, t, acc, accumulate=started)
+                    started = True
+            if not started:
                 out[c] = 0.0
                 continue
             img = sfft.irfft2(acc, s=self.shape, workers=_WORKERS)

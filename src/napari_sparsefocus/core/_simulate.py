@@ -546,7 +546,7 @@ class PatchSampler:
         kinds: Sequence[str] = SPECIMEN_KINDS,
         content_probability: float = 0.6,
         defocus_range_um: tuple[float, float] = (-25.0, 25.0),
-        planes_per_region: int = 4,
+        planes_per_region: int = 8,
         split: str = "train",
         seed: int = 0,
         noise: bool = True,
