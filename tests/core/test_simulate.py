@@ -163,3 +163,15 @@ def test_bad_arguments_raise(kwargs, match):
 def test_optics_type_checked():
     with pytest.raises(TypeError, match="Optics"):
         simulate_stack(z_um=[0.0], optics={"na": 0.5}, shape_px=SMALL)
+
+
+def test_streaming_planes_equal_the_stack():
+    from napari_sparsefocus.core import iter_simulate_stack
+
+    kw = {"z_um": [-1.0, 2.0], "shape_px": SMALL, "seed": 9}
+    s = simulate_stack("tissue", "sparse", **kw)
+    planes = list(iter_simulate_stack("tissue", "sparse", **kw))
+    assert [p[0] for p in planes] == [0, 1]
+    assert [p[1] for p in planes] == [-1.0, 2.0]
+    for (_, _, img), ref in zip(planes, s.images, strict=True):
+        np.testing.assert_array_equal(img, ref)

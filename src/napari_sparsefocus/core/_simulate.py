@@ -422,8 +422,15 @@ def iter_simulate_stack(
     """
     d = _defocus_array(z_um)
     fld = simulate_field(kind, sparsity, optics, seed, shape_px=shape_px, split=split)
-    for i, dz in enumerate(d):
-        rng = _rng(seed, split, 17, i) if noise else None
+    yield from _planes(fld, d, noise=noise)
+
+
+def _planes(
+    fld: SimulatedField, defocus_um: NDArray[np.float64], *, noise: bool
+) -> Iterator[tuple[int, float, NDArray[Any]]]:
+    """Render a field plane by plane; plane ``i`` has its own noise stream."""
+    for i, dz in enumerate(defocus_um):
+        rng = _rng(fld.seed, fld.split, 17, i) if noise else None
         yield i, float(dz), fld.snap(fld.z_focus_um + float(dz), rng=rng, noise=noise)
 
 
@@ -475,9 +482,7 @@ def simulate_stack(
     optics = optics or Optics()
     fld = simulate_field(kind, sparsity, optics, seed, shape_px=shape_px, split=split)
     images: NDArray[Any] | None = None
-    for i, dz in enumerate(d):
-        rng = _rng(seed, split, 17, i) if noise else None
-        img = fld.snap(fld.z_focus_um + float(dz), rng=rng, noise=noise)
+    for i, _, img in _planes(fld, d, noise=noise):
         if images is None:
             images = np.empty((len(d), *img.shape), img.dtype)
         images[i] = img
