@@ -18,10 +18,25 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 
 if TYPE_CHECKING:
     from .core import Optics, SimulatedStack, simulate_stack
+    from .core.nn import DefocusPrediction, SparseFocusModel, load_model, predict_defocus
 
-__all__ = ["Optics", "SimulatedStack", "__version__", "simulate_stack"]
+__all__ = [
+    "DefocusPrediction",
+    "Optics",
+    "SimulatedStack",
+    "SparseFocusModel",
+    "__version__",
+    "load_model",
+    "predict_defocus",
+    "simulate_stack",
+]
 
+# torch is imported only when one of the nn names is first used
 _LAZY = {
+    "DefocusPrediction": "napari_sparsefocus.core.nn",
+    "SparseFocusModel": "napari_sparsefocus.core.nn",
+    "load_model": "napari_sparsefocus.core.nn",
+    "predict_defocus": "napari_sparsefocus.core.nn",
     "Optics": "napari_sparsefocus.core",
     "SimulatedStack": "napari_sparsefocus.core",
     "simulate_stack": "napari_sparsefocus.core",

@@ -5,6 +5,16 @@ Never imports torch, Qt, napari or pymmcore-plus.
 
 from __future__ import annotations
 
+from ._aggregate import (
+    DEFAULT_IMPORTANCE_THRESHOLD,
+    K_MODES,
+    K_PER_SPARSITY,
+    VERDICTS,
+    Aggregate,
+    Selection,
+    aggregate,
+    select_patches,
+)
 from ._focal_plane import FocalPlaneResult, find_focal_plane, focal_plane_from_curve
 from ._focus_measures import (
     FOCUS_MEASURES,
@@ -43,19 +53,26 @@ from ._simulate import (
 
 __all__ = [
     "DEFAULT_DEFOCUS_UM",
+    "DEFAULT_IMPORTANCE_THRESHOLD",
     "FOCUS_MEASURES",
+    "K_MODES",
+    "K_PER_SPARSITY",
     "SPARSITY_LEVELS",
     "SPECIMEN_KINDS",
+    "VERDICTS",
+    "Aggregate",
     "FocalPlaneResult",
     "Optics",
     "PatchBatch",
     "PatchSampler",
     "SearchResult",
     "SearchStep",
+    "Selection",
     "SimulatedField",
     "SimulatedStack",
     "Specimen",
     "SpecimenLayer",
+    "aggregate",
     "best_focus_z_um",
     "brenner",
     "brent_search",
@@ -72,6 +89,7 @@ __all__ = [
     "psf_2d",
     "psf_radial",
     "psf_xz",
+    "select_patches",
     "simulate_field",
     "simulate_stack",
     "sparsity_from_count",

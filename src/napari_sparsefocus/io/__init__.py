@@ -8,6 +8,17 @@ plugin manifest.
 
 from __future__ import annotations
 
+from ._labels import (
+    LABEL_SOURCES,
+    LABELS_SCHEMA,
+    LABELS_VERSION,
+    LabelFile,
+    LabelFileError,
+    StackLabel,
+    labels_from_simulated,
+    read_labels,
+    write_labels,
+)
 from ._napari import layer_data_from_stack
 from ._tiff import (
     METADATA_TAG,
@@ -20,12 +31,21 @@ from ._tiff import (
 )
 
 __all__ = [
+    "LABELS_SCHEMA",
+    "LABELS_VERSION",
+    "LABEL_SOURCES",
     "METADATA_TAG",
     "SUPPORTED_SUFFIXES",
+    "LabelFile",
+    "LabelFileError",
     "MissingZStepWarning",
     "StackData",
+    "StackLabel",
     "is_tiff_path",
+    "labels_from_simulated",
     "layer_data_from_stack",
+    "read_labels",
     "read_stack",
+    "write_labels",
     "write_stack",
 ]

@@ -9,20 +9,52 @@ from __future__ import annotations
 from ._baselines import DastidarNet, JiangNet, LiaoNet
 from ._config import DastidarConfig, DPNConfig, JiangConfig, LiaoConfig, RINConfig
 from ._dpn import DefocusPredictionNetwork
+from ._inference import (
+    BUNDLED_MODEL_DIR,
+    DefocusPrediction,
+    PatchPrediction,
+    SparseFocusModel,
+    iter_predict_stack,
+    load_model,
+    predict_defocus,
+)
+from ._model_io import (
+    MODEL_FORMAT,
+    MODEL_VERSION,
+    REFUSED_SUFFIXES,
+    ModelFileError,
+    check_optics,
+    load_model_file,
+    save_model_file,
+)
 from ._registry import NETWORKS, build_network
 from ._rin import RegionImportanceNetwork
 
 __all__ = [
+    "BUNDLED_MODEL_DIR",
+    "MODEL_FORMAT",
+    "MODEL_VERSION",
     "NETWORKS",
+    "REFUSED_SUFFIXES",
     "DPNConfig",
     "DastidarConfig",
     "DastidarNet",
+    "DefocusPrediction",
     "DefocusPredictionNetwork",
     "JiangConfig",
     "JiangNet",
     "LiaoConfig",
     "LiaoNet",
+    "ModelFileError",
+    "PatchPrediction",
     "RINConfig",
     "RegionImportanceNetwork",
+    "SparseFocusModel",
     "build_network",
+    "check_optics",
+    "iter_predict_stack",
+    "load_model",
+    "load_model_file",
+    "predict_defocus",
+    "save_model_file",
 ]

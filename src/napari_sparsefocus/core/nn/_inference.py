@@ -1,0 +1,365 @@
+"""SparseFocus inference: RIN → top-k patches → DPN → median, with its evidence."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from .._aggregate import aggregate, select_patches
+from .._optics import Optics
+from ._model_io import load_model_file, save_model_file
+from ._preprocess import grid_patches, prepare_image, rin_input
+from ._registry import build_network
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator
+
+    from numpy.typing import ArrayLike, NDArray
+    from torch import nn
+
+__all__ = [
+    "BUNDLED_MODEL_DIR",
+    "DefocusPrediction",
+    "PatchPrediction",
+    "SparseFocusModel",
+    "iter_predict_stack",
+    "load_model",
+    "predict_defocus",
+]
+
+log = logging.getLogger(__name__)
+
+#: Folder of the bundled default model (``default.json`` + ``default.safetensors``).
+BUNDLED_MODEL_DIR = Path(__file__).resolve().parents[2] / "models"
+_BUNDLED_STEM = "default"
+_FORMAT = "napari-sparsefocus-model"
+
+
+@dataclass(frozen=True)
+class PatchPrediction:
+    """One selected grid patch and its own prediction.
+
+    Attributes
+    ----------
+    row, col : int
+        Grid cell.
+    importance : float
+        RIN score in [0, 1].
+    defocus_um : float
+        The DPN's defocus for this patch alone.
+    box_px : tuple of float
+        ``(y0, x0, y1, x1)`` in the input image's pixels.
+    """
+
+    row: int
+    col: int
+    importance: float
+    defocus_um: float
+    box_px: tuple[float, float, float, float]
+
+
+@dataclass(frozen=True)
+class DefocusPrediction:
+    """Defocus of one image with the evidence behind it.
+
+    Attributes
+    ----------
+    defocus_um : float or None
+        Median of the selected patches (``z_current - z_focus``); ``None``
+        when there is no usable content.
+    spread_um : float
+        1.4826 × median absolute deviation of the patch predictions (µm).
+    direction_agreement : float
+        Fraction of selected patches that share the median's sign.
+    sparsity : str
+        Content class from the number of patches above the threshold.
+    verdict : str
+        "ok", "low confidence" or "no usable content".
+    reason : str
+        Why the verdict (and the top-k rule applied).
+    importance : ndarray
+        ``(gy, gx)`` RIN importance over the analysed crop.
+    patches : tuple of PatchPrediction
+        The selected top-k patches.
+    crop_box_px : tuple of float
+        ``(y0, x0, y1, x1)`` of the analysed crop in the input's pixels.
+    dof_um : float
+        Depth of field of the model's optics.
+    """
+
+    defocus_um: float | None
+    spread_um: float
+    direction_agreement: float
+    sparsity: str
+    verdict: str
+    reason: str
+    importance: NDArray[np.float32] = field(repr=False)
+    patches: tuple[PatchPrediction, ...] = field(repr=False)
+    crop_box_px: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
+    dof_um: float = 0.0
+
+    @property
+    def k(self) -> int:
+        """Number of selected patches."""
+        return len(self.patches)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-serialisable record."""
+        return {
+            "defocus_um": self.defocus_um,
+            "spread_um": self.spread_um,
+            "direction_agreement": self.direction_agreement,
+            "sparsity": self.sparsity,
+            "verdict": self.verdict,
+            "reason": self.reason,
+            "k": self.k,
+            "dof_um": self.dof_um,
+            "importance": np.asarray(self.importance, dtype=float).round(4).tolist(),
+            "crop_box_px": list(self.crop_box_px),
+            "patches": [
+                {
+                    "row": p.row,
+                    "col": p.col,
+                    "importance": p.importance,
+                    "defocus_um": p.defocus_um,
+                    "box_px": list(p.box_px),
+                }
+                for p in self.patches
+            ],
+        }
+
+
+class SparseFocusModel:
+    """A trained SparseFocus pipeline: Region Importance + Defocus Prediction networks.
+
+    Parameters
+    ----------
+    rin, dpn : torch.nn.Module
+        The two networks (put in eval mode).
+    config : dict
+        The model file's JSON config (optics, ranges, training description).
+    """
+
+    def __init__(self, rin: nn.Module, dpn: nn.Module, config: dict[str, Any]) -> None:
+        self.rin = rin.eval()
+        self.dpn = dpn.eval()
+        self.config = dict(config)
+        self.optics = Optics.from_dict(self.config["optics"])
+        self.threshold = float(self.config.get("importance_threshold", 0.8))
+        self.patch_px = int(self.config.get("patch_px", 224))
+        self.rin_input_px = int(self.config.get("rin_input_px", 512))
+
+    # ------------------------------------------------------------------ files
+    def save(self, path: str | Path) -> tuple[Path, Path]:
+        """Write ``<path>.safetensors`` + ``<path>.json``; returns (weights, config) paths."""
+        tensors = {f"rin.{k}": v for k, v in self.rin.state_dict().items()}
+        tensors.update({f"dpn.{k}": v for k, v in self.dpn.state_dict().items()})
+        cfg = dict(self.config)
+        cfg["format"] = _FORMAT
+        cfg["architecture"] = "sparsefocus"
+        cfg["networks"] = {
+            key: _network_spec(net) for key, net in (("rin", self.rin), ("dpn", self.dpn))
+        }
+        paths: tuple[Path, Path] = save_model_file(path, tensors, cfg)
+        return paths
+
+    # ------------------------------------------------------------ prediction
+    @torch.no_grad()
+    def predict(
+        self,
+        image: ArrayLike,
+        *,
+        pixel_size_um: float | None = None,
+        k_mode: str = "auto",
+        k: int | None = None,
+        threshold: float | None = None,
+    ) -> DefocusPrediction:
+        """Predict the signed defocus of one image (see :func:`predict_defocus`)."""
+        prep = prepare_image(
+            image,
+            model_pixel_size_um=self.optics.pixel_size_um,
+            pixel_size_um=pixel_size_um,
+            patch_px=self.patch_px,
+        )
+        x = rin_input(prep, self.rin_input_px)
+        logits = self.rin(x, grid=prep.grid) if _accepts_grid(self.rin) else self.rin(x)
+        importance = torch.sigmoid(logits)[0].numpy().astype(np.float32)  # (gy, gx)
+        if importance.shape != prep.grid:
+            raise RuntimeError(f"RIN returned a {importance.shape} grid for a {prep.grid} crop")
+        sel = select_patches(
+            importance,
+            threshold=self.threshold if threshold is None else threshold,
+            k_mode=k_mode,
+            k=k,
+        )
+        patches = grid_patches(prep, sel.indices)
+        d = self.dpn(patches).reshape(-1).numpy().astype(float) if len(patches) else np.zeros(0)
+        agg = aggregate(d, dof_um=self.optics.dof_um)
+        gy, gx = prep.grid
+        y0, x0, _, _ = prep.patch_box_px(0, 0)
+        _, _, y1, x1 = prep.patch_box_px(gy - 1, gx - 1)
+        return DefocusPrediction(
+            defocus_um=agg.defocus_um,
+            spread_um=agg.spread_um,
+            direction_agreement=agg.direction_agreement,
+            sparsity=sel.sparsity,
+            verdict=agg.verdict,
+            reason="; ".join(r for r in (sel.rule, agg.reason) if r),
+            importance=importance,
+            patches=tuple(
+                PatchPrediction(
+                    row=int(r),
+                    col=int(c),
+                    importance=float(importance[r, c]),
+                    defocus_um=float(v),
+                    box_px=prep.patch_box_px(int(r), int(c)),
+                )
+                for (r, c), v in zip(sel.indices, d, strict=True)
+            ),
+            crop_box_px=(y0, x0, y1, x1),
+            dof_um=self.optics.dof_um,
+        )
+
+
+def _network_spec(net: nn.Module) -> dict[str, Any]:
+    """``{"name": registry key, "config": config dict}`` of a network."""
+    config: Any = getattr(net, "config", None)
+    if config is None or not hasattr(config, "to_dict"):
+        raise TypeError(f"{type(net).__name__} has no .config with to_dict()")
+    return {"name": str(getattr(net, "name", type(net).__name__)), "config": config.to_dict()}
+
+
+def _accepts_grid(module: nn.Module) -> bool:
+    import inspect
+
+    try:
+        return "grid" in inspect.signature(module.forward).parameters
+    except (TypeError, ValueError):  # pragma: no cover
+        return False
+
+
+def load_model(path: str | Path | None = None) -> SparseFocusModel:
+    """Load a SparseFocus model (safetensors weights + JSON config).
+
+    Parameters
+    ----------
+    path : str or Path, optional
+        The model's ``.json``, ``.safetensors``, common stem or folder.
+        ``None`` loads the bundled default model.
+
+    Returns
+    -------
+    SparseFocusModel
+
+    Raises
+    ------
+    ValueError
+        Missing, corrupt, pickled or foreign files (never unpickled), a
+        config that is not a SparseFocus pipeline, or weights that do not
+        fit the described networks.
+    """
+    if path is None:
+        stem = BUNDLED_MODEL_DIR / _BUNDLED_STEM
+        if not stem.with_suffix(".json").exists():
+            raise FileNotFoundError(
+                f"no bundled default model at {stem}.json: train one with "
+                "`sparsefocus train` or pass a model path"
+            )
+        path = stem
+    tensors, cfg = load_model_file(path)
+    if cfg.get("architecture") != "sparsefocus":
+        raise ValueError(
+            f"{path}: architecture {cfg.get('architecture')!r} is not a SparseFocus pipeline"
+        )
+    nets = cfg.get("networks")
+    if not isinstance(nets, dict) or "rin" not in nets or "dpn" not in nets:
+        raise ValueError(f"{path}: config lacks the 'networks' entries 'rin' and 'dpn'")
+    if "optics" not in cfg:
+        raise ValueError(f"{path}: config lacks the 'optics' the model was trained for")
+    modules = {}
+    for key in ("rin", "dpn"):
+        spec = nets[key]
+        net = build_network(spec["name"], spec.get("config"))
+        state = {k[len(key) + 1 :]: v for k, v in tensors.items() if k.startswith(key + ".")}
+        try:
+            net.load_state_dict(state, strict=True)
+        except RuntimeError as e:
+            raise ValueError(f"{path}: {key} weights do not fit its config: {e}") from None
+        modules[key] = net
+    return SparseFocusModel(modules["rin"], modules["dpn"], cfg)
+
+
+def predict_defocus(
+    image: ArrayLike,
+    model: SparseFocusModel | None = None,
+    *,
+    pixel_size_um: float | None = None,
+    k_mode: str = "auto",
+    k: int | None = None,
+) -> DefocusPrediction:
+    """Predict the signed defocus (µm) of one microscope image.
+
+    Parameters
+    ----------
+    image : array_like
+        ``(H, W)`` gray or ``(H, W, 3)`` RGB; integer or [0, 1] float.
+    model : SparseFocusModel, optional
+        Default: the bundled model (loaded once).
+    pixel_size_um : float, optional
+        The image's sample pixel size; finer images are down-sampled to the
+        model's, coarser ones refused. ``None`` assumes the model's.
+    k_mode : {"auto", "fixed", "all"}
+        Top-k rule (see ``docs/learning-core.md``).
+    k : int, optional
+        Number of patches for ``k_mode="fixed"``.
+
+    Returns
+    -------
+    DefocusPrediction
+        ``defocus_um = z_current - z_focus``: move the focus by
+        ``-defocus_um`` to focus. ``None`` with verdict "no usable content"
+        when no patch holds content.
+    """
+    model = model or _default_model()
+    return model.predict(image, pixel_size_um=pixel_size_um, k_mode=k_mode, k=k)
+
+
+def iter_predict_stack(
+    stack: Iterable[ArrayLike],
+    model: SparseFocusModel | None = None,
+    *,
+    pixel_size_um: float | None = None,
+    k_mode: str = "auto",
+    k: int | None = None,
+) -> Iterator[tuple[int, DefocusPrediction]]:
+    """Predict plane by plane, streaming (memory stays flat for any stack length).
+
+    Parameters
+    ----------
+    stack : iterable of array_like
+        Planes (a ``(Z, Y, X[, C])`` array, memmap or dask array iterates by plane).
+    model, pixel_size_um, k_mode, k
+        As for :func:`predict_defocus`.
+
+    Yields
+    ------
+    tuple
+        Plane index and its prediction.
+    """
+    model = model or _default_model()
+    for i, plane in enumerate(stack):
+        yield i, model.predict(np.asarray(plane), pixel_size_um=pixel_size_um, k_mode=k_mode, k=k)
+
+
+_DEFAULT: list[SparseFocusModel] = []
+
+
+def _default_model() -> SparseFocusModel:
+    if not _DEFAULT:
+        _DEFAULT.append(load_model(None))
+    return _DEFAULT[0]
