@@ -128,6 +128,46 @@ def _cmd_focus(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from .core.nn import iter_predict_stack, load_model
+    from .io import read_stack
+
+    try:
+        model = load_model(args.model)
+    except (OSError, ValueError) as e:
+        print(f"sparsefocus predict: cannot load the model: {e}", file=sys.stderr)
+        return 2
+    try:
+        st = read_stack(args.file)
+    except ValueError as e:
+        print(f"sparsefocus predict: {e}", file=sys.stderr)
+        return 2
+    planes = st.data if st.axes.startswith("Z") else [st.data]
+    px = args.pixel_size_um if args.pixel_size_um is not None else st.pixel_size_um
+    labelled = st.metadata.get("defocus_um") if isinstance(st.metadata, dict) else None
+    try:
+        for i, pred in iter_predict_stack(
+            planes, model, pixel_size_um=px, k_mode=args.k_mode, k=args.k
+        ):
+            rec: dict[str, Any] = {"file": str(args.file), "plane": i, **pred.to_dict()}
+            if isinstance(labelled, list) and i < len(labelled):
+                rec["true_defocus_um"] = labelled[i]
+            if args.json:
+                print(json.dumps(rec), flush=True)
+            else:
+                d = "—" if pred.defocus_um is None else f"{pred.defocus_um:+7.2f} µm"
+                print(
+                    f"plane {i:4d}: defocus {d}  ±{pred.spread_um:.2f}  "
+                    f"agreement {pred.direction_agreement:.2f}  {pred.sparsity:16s} "
+                    f"k={pred.k:2d}  {pred.verdict}",
+                    flush=True,
+                )
+    except ValueError as e:
+        print(f"sparsefocus predict: {args.file}: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .core import Optics, simulate_stack
 
@@ -184,6 +224,17 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--measure", default="brenner")
     f.add_argument("--json", action="store_true", help="print one JSON record")
     f.set_defaults(func=_cmd_focus)
+
+    pr = sub.add_parser("predict", help="predict the signed defocus of every plane of a stack")
+    pr.add_argument("file", type=Path)
+    pr.add_argument("--model", type=Path, default=None, help="model .json (default: bundled)")
+    pr.add_argument("--json", action="store_true", help="one JSON record per plane")
+    pr.add_argument("--k-mode", choices=("auto", "fixed", "all"), default="auto")
+    pr.add_argument("--k", type=int, default=None, help="patches for --k-mode fixed")
+    pr.add_argument(
+        "--pixel-size-um", type=float, default=None, help="override the file's pixel size (µm)"
+    )
+    pr.set_defaults(func=_cmd_predict)
 
     d = sub.add_parser("demo", help="simulate dense and extremely sparse stacks and analyse them")
     d.add_argument("--seed", type=int, default=0)

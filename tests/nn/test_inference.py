@@ -176,3 +176,25 @@ def test_model_file_round_trip_and_refusals(tmp_path):
     js.write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="not a SparseFocus"):
         load_model(tmp_path / "m")
+
+
+def test_cli_predict_prints_one_json_record_per_plane(tmp_path, capsys):
+    import json
+
+    from napari_sparsefocus.cli import main
+
+    _model(10.0, -2.0).save(tmp_path / "fixed")
+    stack = tmp_path / "s.ome.tif"
+    assert main(["simulate", str(stack), "--z", "-1", "0", "1", "--size", "448"]) == 0
+    capsys.readouterr()
+    assert main(["predict", str(stack), "--json", "--model", str(tmp_path / "fixed.json")]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3
+    recs = [json.loads(line) for line in lines]
+    assert [r["plane"] for r in recs] == [0, 1, 2]
+    assert [r["true_defocus_um"] for r in recs] == [-1.0, 0.0, 1.0]
+    assert all(r["defocus_um"] == pytest.approx(-2.0, abs=1e-5) for r in recs)
+    # a pickle "model" is refused with a message, not a traceback
+    torch.save({"x": 1}, tmp_path / "bad.pt")
+    assert main(["predict", str(stack), "--model", str(tmp_path / "bad.pt")]) == 2
+    assert "safetensors" in capsys.readouterr().err
