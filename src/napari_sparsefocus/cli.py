@@ -192,6 +192,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_combine(args: argparse.Namespace) -> int:
+    from .core.nn._train import combine_sparsefocus_model
+
+    out = combine_sparsefocus_model(args.rin, args.dpn, args.output)
+    print(f"wrote {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser."""
     p = argparse.ArgumentParser(prog="sparsefocus", description=__doc__)
@@ -236,6 +244,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pr.set_defaults(func=_cmd_predict)
 
+    # `sparsefocus train ...` is handed to the torch part whole (see main), so the
+    # other subcommands never import torch; this entry only lists it in --help
+    sub.add_parser(
+        "train",
+        help="train a network (RIN, DPN or a baseline) on simulated data or labelled stacks; "
+        "resumable, runs under torchrun (see `sparsefocus train --help`)",
+        add_help=False,
+    )
+
+    c = sub.add_parser("combine-model", help="join a trained RIN and DPN into one model file")
+    c.add_argument("rin", type=Path, help="RIN model .json")
+    c.add_argument("dpn", type=Path, help="DPN model .json")
+    c.add_argument("output", type=Path, help="output stem (writes .json + .safetensors)")
+    c.set_defaults(func=_cmd_combine)
+
     d = sub.add_parser("demo", help="simulate dense and extremely sparse stacks and analyse them")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--size", type=int, default=2016)
@@ -245,6 +268,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "train":
+        from .core.nn._train import main as train_main
+
+        return int(train_main(argv[1:], prog="sparsefocus train"))
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,

@@ -78,6 +78,12 @@ class RegionImportanceNetwork(nn.Module):
             nn.Conv2d(cfg.head_channels, 1, 1),
         )
         init_mobilenet_(self)
+        # start near "unsure" (logits ≈ 0, BCE ≈ ln 2) instead of saturated scores
+        last = self.head[-1]
+        assert isinstance(last, nn.Conv2d)
+        nn.init.normal_(last.weight, std=0.01)
+        if last.bias is not None:
+            nn.init.zeros_(last.bias)
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Compute the feature map.
