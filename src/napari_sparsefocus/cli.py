@@ -172,16 +172,27 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from . import __version__
     from ._report import write_report
     from .core.nn import load_model
-    from .core.nn._evaluate import TestSetSpec, grid_median_predictor, iter_evaluate
+    from .core.nn._evaluate import (
+        TestSetSpec,
+        grid_median_predictor,
+        iter_evaluate,
+        two_shot_predictor,
+    )
 
     try:
         model = load_model(args.model)
-        baselines = {}
+        baselines, two_shot = {}, {}
         for item in args.baseline or []:
             name, _, path = item.partition("=")
             if not path:
                 raise ValueError(f"--baseline needs NAME=MODEL.json, got {item!r}")
-            baselines[f"{name} (grid median)"] = grid_median_predictor(path)
+            if (
+                json.loads(Path(path).with_suffix(".json").read_text()).get("architecture")
+                == "dastidar"
+            ):
+                two_shot[f"{name} (two-shot, grid median)"] = two_shot_predictor(path)
+            else:
+                baselines[f"{name} (grid median)"] = grid_median_predictor(path)
     except (OSError, ValueError) as e:
         print(f"sparsefocus evaluate: {e}", file=sys.stderr)
         return 2
@@ -191,7 +202,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         classical_shots_per_field=args.classical_shots,
         shape_px=(args.size, args.size),
     )
-    gen = iter_evaluate(model, spec, baselines=baselines)
+    gen = iter_evaluate(model, spec, baselines=baselines, two_shot_baselines=two_shot)
     while True:
         try:
             p = next(gen)

@@ -227,7 +227,7 @@ def test_cli_evaluate_writes_the_paper_tables(tmp_path, capsys):
         ]
     )
     assert rc == 2  # a SparseFocus pipeline is not a single-network baseline
-    assert "not a single-shot patch regressor" in capsys.readouterr().err
+    assert "not a single-network defocus regressor" in capsys.readouterr().err
     rc = main(
         [
             "evaluate",

@@ -27,7 +27,14 @@ if TYPE_CHECKING:
     from .._simulate import SimulatedField
     from ._inference import SparseFocusModel
 
-__all__ = ["EvalProgress", "TestSetSpec", "evaluate", "grid_median_predictor", "iter_evaluate"]
+__all__ = [
+    "EvalProgress",
+    "TestSetSpec",
+    "evaluate",
+    "grid_median_predictor",
+    "iter_evaluate",
+    "two_shot_predictor",
+]
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +87,7 @@ def iter_evaluate(
     spec: TestSetSpec | None = None,
     *,
     baselines: Mapping[str, Any] | None = None,
+    two_shot_baselines: Mapping[str, tuple[Any, float]] | None = None,
     classical_measure: str = "brenner",
     kinds: tuple[str, ...] = KINDS,
     sparsities: tuple[str, ...] = SPARSITIES,
@@ -95,6 +103,11 @@ def iter_evaluate(
     baselines : mapping, optional
         Name → callable ``f(image) -> defocus_um or None`` for learned
         baselines evaluated on the same images (single-shot).
+    two_shot_baselines : mapping, optional
+        Name → ``(f(shot_a, shot_b) -> defocus_um, delta_um)`` for two-shot
+        methods (Dastidar): the second shot is taken ``delta_um`` above the
+        first, and the answer is scored against the second shot's defocus
+        (where the stage then is).
     classical_measure : str
         Focus measure of the classical hill-climb baseline.
     kinds, sparsities : tuple of str
@@ -120,6 +133,7 @@ def iter_evaluate(
     """
     spec = spec or TestSetSpec()
     baselines = dict(baselines or {})
+    two_shot = dict(two_shot_baselines or {})
     results = EvaluationResults()
     optics = model.optics
     total = len(kinds) * len(sparsities)
@@ -129,6 +143,7 @@ def iter_evaluate(
             t0 = time.perf_counter()
             true, pred, lat = [], [], []
             other: dict[str, list[float]] = {k: [] for k in baselines}
+            pairs: dict[str, tuple[list[float], list[float]]] = {k: ([], []) for k in two_shot}
             c_true, c_pred, c_snaps = [], [], []
             for f in range(spec.fields_per_group):
                 seed = spec.seed0 + f
@@ -147,6 +162,11 @@ def iter_evaluate(
                     for name, fn in baselines.items():
                         v = fn(img)
                         other[name].append(math.nan if v is None else float(v))
+                    for name, (fn2, delta) in two_shot.items():
+                        img_b = fld.snap_defocus(float(d) + delta, rng=rng)
+                        v = fn2(img, img_b)
+                        pairs[name][0].append(float(d) + delta)
+                        pairs[name][1].append(math.nan if v is None else float(v))
                     if j < spec.classical_shots_per_field:
                         z0 = fld.z_focus_um + float(d)
                         res = hill_climb(
@@ -166,6 +186,8 @@ def iter_evaluate(
             results.add("SparseFocus", kind, sparsity, true_um=true, pred_um=pred, latency_ms=lat)
             for name, vals in other.items():
                 results.add(name, kind, sparsity, true_um=true, pred_um=vals)
+            for name, (t2, p2) in pairs.items():
+                results.add(name, kind, sparsity, true_um=t2, pred_um=p2)
             if c_true:
                 results.add(
                     f"Hill-climb ({classical_measure})",
@@ -200,6 +222,63 @@ def evaluate(
         except StopIteration as stop:
             out: EvaluationResults = stop.value
             return out
+
+
+def _load_single(path: str) -> tuple[Any, dict[str, Any], str]:
+    from ._model_io import load_model_file
+    from ._registry import build_network
+
+    tensors, cfg = load_model_file(path)
+    name = str(cfg.get("architecture"))
+    nets = cfg.get("networks") or {}
+    spec = nets.get(name) if isinstance(nets, dict) else None
+    if spec is None or name in ("rin", "sparsefocus"):
+        raise ValueError(f"{path}: not a single-network defocus regressor (architecture {name!r})")
+    net = build_network(spec["name"], spec.get("config"))
+    net.load_state_dict(
+        {k[len(name) + 1 :]: v for k, v in tensors.items() if k.startswith(name + ".")}
+    )
+    net.eval()
+    return net, cfg, name
+
+
+def two_shot_predictor(path: str) -> tuple[Any, float]:
+    """Return ``(f(shot_a, shot_b) -> defocus_um, delta_um)`` for a Dastidar model file.
+
+    Both shots are cut into the centred 224 px grid; each patch pair gives a
+    prediction of the second shot's defocus and the median is the answer.
+
+    Parameters
+    ----------
+    path : str
+        Model file (``.json``) written by ``sparsefocus train --network dastidar``.
+
+    Returns
+    -------
+    tuple
+        The predictor and the shot step Δ (µm) it was trained with.
+    """
+    import torch
+
+    from .._optics import Optics
+    from ._preprocess import grid_patches, prepare_image
+
+    net, cfg, name = _load_single(path)
+    if name != "dastidar":
+        raise ValueError(f"{path}: not a two-shot (dastidar) model (architecture {name!r})")
+    delta = (cfg.get("training") or {}).get("delta_um") or 2.0
+    optics = Optics.from_dict(cfg["optics"])
+
+    @torch.no_grad()
+    def predict(shot_a: Any, shot_b: Any) -> float:
+        pa = prepare_image(shot_a, model_pixel_size_um=optics.pixel_size_um)
+        pb = prepare_image(shot_b, model_pixel_size_um=optics.pixel_size_um)
+        gy, gx = pa.grid
+        cells = np.array([(r, c) for r in range(gy) for c in range(gx)])
+        x = net.prepare(grid_patches(pa, cells), grid_patches(pb, cells))
+        return float(np.median(net(x).reshape(-1).numpy()))
+
+    return predict, float(delta)
 
 
 def grid_median_predictor(path: str, *, reduce: str = "median") -> Any:
