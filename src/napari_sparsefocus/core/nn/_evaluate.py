@@ -303,23 +303,13 @@ def grid_median_predictor(path: str, *, reduce: str = "median") -> Any:
     import torch
 
     from .._optics import Optics
-    from ._model_io import load_model_file
     from ._preprocess import grid_patches, prepare_image
-    from ._registry import build_network
 
     if reduce not in ("median", "mean"):
         raise ValueError(f"reduce must be 'median' or 'mean', got {reduce!r}")
-    tensors, cfg = load_model_file(path)
-    name = str(cfg.get("architecture"))
-    nets = cfg.get("networks") or {}
-    spec = nets.get(name) if isinstance(nets, dict) else None
-    if spec is None or name in ("rin", "dastidar", "sparsefocus"):
-        raise ValueError(f"{path}: not a single-shot patch regressor (architecture {name!r})")
-    net = build_network(spec["name"], spec.get("config"))
-    net.load_state_dict(
-        {k[len(name) + 1 :]: v for k, v in tensors.items() if k.startswith(name + ".")}
-    )
-    net.eval()
+    net, cfg, name = _load_single(path)
+    if name == "dastidar":
+        raise ValueError(f"{path}: a two-shot model; use two_shot_predictor")
     optics = Optics.from_dict(cfg["optics"])
 
     @torch.no_grad()
