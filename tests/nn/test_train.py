@@ -450,3 +450,33 @@ def test_ddp_two_ranks_on_cpu_keep_identical_replicas(tmp_path):
     assert all(torch.equal(final[f"rin.{k}"], r0[k]) for k in r0)
     meta, _ = find_checkpoint(tmp_path)
     assert meta["step"] == 3 and meta["world_size"] == 2
+
+
+def test_init_from_starts_a_new_run_from_a_model_file(tmp_path):
+    from napari_sparsefocus.core.nn._model_io import load_model_file
+
+    first = tmp_path / "first"
+    _run_all(iter_train(_tiny_cfg(first, steps=2, lr=1e-3)))
+    # zero steps of training are not allowed, so compare after one step at lr ~ 0
+    second = tmp_path / "second"
+    _run_all(iter_train(_tiny_cfg(second, steps=1, lr=1e-12, init_from=str(first / "rin.json"))))
+    a, _ = load_model_file(first / "rin.json")
+    b, cfg = load_model_file(second / "rin.json")
+    for k, v in a.items():
+        if "running" in k or "num_batches" in k:
+            continue  # BatchNorm statistics move with the one step's batch
+        torch.testing.assert_close(v, b[k], atol=1e-6, rtol=0)
+    assert cfg["training"]["config"]["init_from"] == str(first / "rin.json")
+    # a file without this network's weights is refused
+    with pytest.raises(ValueError, match="no 'dpn' weights"):
+        _run_all(
+            iter_train(
+                _tiny_cfg(
+                    tmp_path / "third",
+                    network="dpn",
+                    network_config=TINY_DPN,
+                    input_px=64,
+                    init_from=str(first / "rin.json"),
+                )
+            )
+        )

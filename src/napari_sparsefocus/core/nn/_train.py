@@ -115,6 +115,7 @@ _IDENTITY_FIELDS = (
     "input_px",
     "delta_um",
     "augment",
+    "init_from",
 )
 
 
@@ -178,6 +179,10 @@ class TrainConfig:
         ``out_dir/rank{R}.safetensors`` (checks DDP replicas agree).
     command : str
         The command line that started the run (recorded in the model file).
+    init_from : str, optional
+        Model file whose weights for this network start the run (fine-tuning,
+        e.g. on label files written by annotators, or a curriculum stage).
+        A SparseFocus pipeline file contributes its ``dpn.``/``rin.`` part.
     """
 
     network: str = "dpn"
@@ -201,6 +206,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     dump_rank_state: bool = False
     command: str = ""
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         if self.network not in NETWORKS:
@@ -819,6 +825,29 @@ def combine_sparsefocus_model(
     return Path(w), Path(j)
 
 
+def _init_from(model: torch.nn.Module, cfg: TrainConfig) -> None:
+    """Load this network's weights from a model file (fine-tuning start)."""
+    from ._model_io import load_model_file
+
+    if cfg.init_from is None:
+        return
+    tensors, mcfg = load_model_file(cfg.init_from)
+    prefix = cfg.network + "."
+    state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+    if not state:
+        raise ValueError(
+            f"{cfg.init_from} holds no '{cfg.network}' weights "
+            f"(architecture {mcfg.get('architecture')!r})"
+        )
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ValueError(
+            f"{cfg.init_from}: its {cfg.network} weights do not fit --network-config: {e}"
+        ) from None
+    logger.info("initialised %s from %s", cfg.network, cfg.init_from)
+
+
 # --------------------------------------------------------------------------- loop
 def iter_train(
     cfg: TrainConfig, *, resume: bool = True
@@ -879,6 +908,8 @@ def _train(
 
     torch.manual_seed(cfg.seed)
     model = build_network(cfg.network, cfg.network_config).to(ctx.device)
+    if cfg.init_from:
+        _init_from(model, cfg)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
 
     start, resumed_from, last_loss = 0, None, float("nan")
@@ -1100,6 +1131,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-workers", type=int, default=d.num_workers, help="data workers")
     parser.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints)
     parser.add_argument(
+        "--init-from",
+        default=None,
+        metavar="MODEL.json",
+        help="start from this model file's weights (fine-tuning)",
+    )
+    parser.add_argument(
         "--no-resume",
         action="store_true",
         help="start over (deletes the checkpoints in --out-dir)",
@@ -1161,6 +1198,7 @@ def config_from_args(args: argparse.Namespace, command: Sequence[str] | None = N
         keep_checkpoints=args.keep_checkpoints,
         dump_rank_state=args.dump_rank_state,
         command=" ".join(cmd),
+        init_from=args.init_from,
     )
 
 
