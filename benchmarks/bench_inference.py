@@ -36,28 +36,39 @@ def _latency(fn, frame, repeats):
     return statistics.median(t)
 
 
-def _stack_rss(n_planes: int, model_arg: str) -> float:
-    """Peak RSS (MiB) of a fresh process streaming predictions over an n-plane memmap stack."""
-    code = f"""
-import numpy as np, resource, tempfile, os, torch
+def _stack_rss(n_planes: int, model_arg: str | None, tmp: Path) -> float:
+    """Peak RSS (MiB) of a fresh process streaming predictions over an n-plane stack file.
+
+    The stack is written by another process first, so the measuring process only
+    reads it (memory-mapped, as the TIFF reader gives it).
+    """
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    path = tmp / f"stack_{n_planes}.npy"
+    write = f"""
+import numpy as np
+a = np.lib.format.open_memmap({str(path)!r}, mode="w+", dtype=np.uint8,
+                              shape=({n_planes}, 2016, 2016, 3))
+rng = np.random.default_rng(0)
+for i in range({n_planes}):
+    a[i] = rng.integers(0, 256, size=(2016, 2016, 3), dtype=np.uint8)
+a.flush()
+"""
+    subprocess.run([sys.executable, "-c", write], check=True, env=env, cwd=root)
+    measure = f"""
+import numpy as np, resource, torch
 torch.set_num_threads(2)
 from napari_sparsefocus.core.nn import iter_predict_stack
 from benchmarks.bench_inference import _model
 m = _model({model_arg!r})
-path = os.path.join(tempfile.mkdtemp(), "s.npy")
-a = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=({n_planes}, 2016, 2016, 3))
-rng = np.random.default_rng(0)
-for i in range({n_planes}):
-    a[i] = rng.integers(0, 256, size=(2016, 2016, 3), dtype=np.uint8)
-a.flush(); del a
-stack = np.load(path, mmap_mode="r")
+stack = np.load({str(path)!r}, mmap_mode="r")
 for i, p in iter_predict_stack(stack, m, k_mode="fixed", k=9):
     pass
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 """
-    root = Path(__file__).resolve().parents[1]
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root,
-                       env={**os.environ, "PYTHONPATH": str(root)}, check=True)
+    r = subprocess.run([sys.executable, "-c", measure], capture_output=True, text=True,
+                       cwd=root, env=env, check=True)
+    path.unlink()
     return float(r.stdout.strip().splitlines()[-1])
 
 
@@ -120,8 +131,11 @@ def main() -> None:
     print(f"Liao grid baseline (81 patches): median {ms:.1f} ms")
     res["ratio_sparsefocus_k9_to_liao"] = round(res["sparsefocus_k9_ms"] / ms, 3)  # type: ignore[operator]
     if not args.skip_memory:
+        import tempfile
+
+        tmp = Path(tempfile.mkdtemp())
         for n in (11, 101):
-            mib = _stack_rss(n, args.model)
+            mib = _stack_rss(n, args.model, tmp)
             res[f"peak_rss_mib_{n}_planes"] = round(mib, 1)
             print(f"peak RSS streaming a {n}-plane 2016² stack: {mib:.0f} MiB")
     res["self_peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)

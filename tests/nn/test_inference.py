@@ -259,3 +259,20 @@ def test_cli_evaluate_writes_the_paper_tables(tmp_path, capsys):
     md = (out / "report.md").read_text()
     assert "SparseFocus" in md and "Hill-climb" in md
     assert list(out.glob("fig2_regression_*.png")) and list(out.glob("fig3_interval_mae_*.png"))
+
+
+def test_stack_prediction_from_a_memory_mapped_file(tmp_path):
+    from napari_sparsefocus.core.nn._inference import _file_mapping
+
+    m = _model(10.0, 1.25)
+    path = tmp_path / "s.npy"
+    a = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(2, 500, 500, 3))
+    a[:] = _camera_frame(500, 500)[None]
+    a.flush()
+    del a
+    stack = np.load(path, mmap_mode="r")
+    assert _file_mapping(stack) is not None
+    assert _file_mapping(stack[1:]) is not None  # views keep their mapping
+    assert _file_mapping(np.zeros(3)) is None
+    out = list(iter_predict_stack(stack, m))
+    assert [p.defocus_um for _, p in out] == pytest.approx([1.25, 1.25], abs=1e-5)

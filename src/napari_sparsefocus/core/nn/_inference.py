@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import mmap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -352,8 +353,30 @@ def iter_predict_stack(
         Plane index and its prediction.
     """
     model = model or _default_model()
+    mapping = _file_mapping(stack)
     for i, plane in enumerate(stack):
-        yield i, model.predict(np.asarray(plane), pixel_size_um=pixel_size_um, k_mode=k_mode, k=k)
+        image = np.array(plane)  # one plane in RAM
+        if mapping is not None:
+            # drop the mapped pages already read, so a memory-mapped stack of any
+            # length keeps the process's resident memory flat
+            mapping.madvise(mmap.MADV_DONTNEED)
+        yield i, model.predict(image, pixel_size_um=pixel_size_um, k_mode=k_mode, k=k)
+
+
+def _file_mapping(array: Any) -> mmap.mmap | None:
+    """Return the ``mmap`` behind a numpy memmap (or a view of one), else ``None``."""
+    obj = array
+    for _ in range(8):
+        if isinstance(obj, mmap.mmap):
+            return obj if hasattr(obj, "madvise") and hasattr(mmap, "MADV_DONTNEED") else None
+        m = getattr(obj, "_mmap", None)
+        if isinstance(m, mmap.mmap):
+            obj = m
+            continue
+        obj = getattr(obj, "base", None)
+        if obj is None:
+            return None
+    return None
 
 
 _DEFAULT: list[SparseFocusModel] = []
