@@ -56,7 +56,7 @@ a.flush()
 """
     subprocess.run([sys.executable, "-c", write], check=True, env=env, cwd=root)
     measure = f"""
-import numpy as np, resource, torch
+import numpy as np, torch
 torch.set_num_threads(2)
 from napari_sparsefocus.core.nn import iter_predict_stack
 from benchmarks.bench_inference import _model
@@ -64,7 +64,10 @@ m = _model({model_arg!r})
 stack = np.load({str(path)!r}, mmap_mode="r")
 for i, p in iter_predict_stack(stack, m, k_mode="fixed", k=9):
     pass
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+# VmHWM is this process's own peak; ru_maxrss would include the parent's peak,
+# which Linux carries across fork/exec
+hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1]
+print(int(hwm) / 1024)
 """
     r = subprocess.run([sys.executable, "-c", measure], capture_output=True, text=True,
                        cwd=root, env=env, check=True)
