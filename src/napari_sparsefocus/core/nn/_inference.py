@@ -154,6 +154,7 @@ class SparseFocusModel:
         self.threshold = float(self.config.get("importance_threshold", 0.8))
         self.patch_px = int(self.config.get("patch_px", 224))
         self.rin_input_px = int(self.config.get("rin_input_px", 512))
+        self._rin_takes_grid = _accepts_grid(self.rin)
 
     # ------------------------------------------------------------------ files
     def save(self, path: str | Path) -> tuple[Path, Path]:
@@ -188,7 +189,7 @@ class SparseFocusModel:
             patch_px=self.patch_px,
         )
         x = rin_input(prep, self.rin_input_px)
-        logits = self.rin(x, grid=prep.grid) if _accepts_grid(self.rin) else self.rin(x)
+        logits = self.rin(x, grid=prep.grid) if self._rin_takes_grid else self.rin(x)
         importance = torch.sigmoid(logits)[0].numpy().astype(np.float32)  # (gy, gx)
         if importance.shape != prep.grid:
             raise RuntimeError(f"RIN returned a {importance.shape} grid for a {prep.grid} crop")
