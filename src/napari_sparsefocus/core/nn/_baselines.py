@@ -14,7 +14,7 @@ of :class:`~napari_sparsefocus.core.nn.DefocusPredictionNetwork`.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -58,8 +58,31 @@ class _Regressor(nn.Module):
     def forward_features(self, x: Tensor) -> Tensor:  # pragma: no cover - overridden
         raise NotImplementedError
 
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:  # pragma: no cover
-        raise NotImplementedError
+    # set by subclasses that use the default head below
+    head_drop: nn.Module
+    fc: nn.Linear
+    config: Any
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """Global average pool and regression (Jiang, Dastidar; Liao overrides it).
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Feature map ``(N, C, h, w)``.
+        pre_logits : bool
+            Return the pooled features ``(N, C)`` instead.
+
+        Returns
+        -------
+        torch.Tensor
+            Defocus ``(N,)`` in µm, or the pooled features.
+        """
+        x = self.head_drop(x.mean(dim=(2, 3)))  # (N, C)
+        if pre_logits:
+            return x
+        out: Tensor = self.fc(x).squeeze(-1) * self.config.output_scale_um  # (N,)
+        return out
 
     def forward(self, x: Tensor) -> Tensor:
         """Return the defocus ``(N,)`` in µm."""
@@ -304,26 +327,6 @@ class JiangNet(_Regressor):
         out: Tensor = self.stages(self.stem(x))
         return out
 
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        """Global average pool and regression.
-
-        Parameters
-        ----------
-        x : torch.Tensor
-            Feature map ``(N, C, h, w)``.
-        pre_logits : bool
-            Return the pooled features ``(N, C)`` instead.
-
-        Returns
-        -------
-        torch.Tensor
-            Defocus ``(N,)`` in µm, or the pooled features.
-        """
-        x = self.head_drop(x.mean(dim=(2, 3)))  # (N, C)
-        if pre_logits:
-            return x
-        out: Tensor = self.fc(x).squeeze(-1) * self.config.output_scale_um  # (N,)
-        return out
 
 
 # ---------------------------------------------------------------- Dastidar
@@ -445,23 +448,3 @@ class DastidarNet(_Regressor):
         out: Tensor = self.features(x)
         return out
 
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        """Global average pool and regression.
-
-        Parameters
-        ----------
-        x : torch.Tensor
-            Feature map ``(N, C, h, w)``.
-        pre_logits : bool
-            Return the pooled features ``(N, C)`` instead.
-
-        Returns
-        -------
-        torch.Tensor
-            Defocus ``(N,)`` in µm, or the pooled features.
-        """
-        x = self.head_drop(x.mean(dim=(2, 3)))  # (N, C)
-        if pre_logits:
-            return x
-        out: Tensor = self.fc(x).squeeze(-1) * self.config.output_scale_um  # (N,)
-        return out
