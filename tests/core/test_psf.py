@@ -200,3 +200,23 @@ def test_defocused_radial_profiles_agree_with_psfmodels():
     dt = profiles_t[0] - profiles_t[1]
     dm = profiles_m[0] - profiles_m[1]
     assert np.corrcoef(dt, dm)[0, 1] > 0.9
+
+
+def test_thinner_coverslip_compensates_mount_depth_and_focus_is_found_far_away():
+    """10 µm of mount (n 1.52) under a 160 µm coverslip (n 1.522) is optically
+    almost the designed 170 µm of glass: the spherical aberration cancels and the
+    PSF is symmetric again; a 150 µm coverslip over-compensates (opposite-sign SA).
+    The best focus is found far from the default's (here ~+6 µm, not ~-6 µm)."""
+    from napari_sparsefocus.core._psf import paraxial_focus_z_um
+
+    comp = Optics(coverslip_thickness_um=160.0)
+    over = Optics(coverslip_thickness_um=150.0)
+    d = 10.0
+    z_comp = best_focus_z_um(d, comp)
+    assert z_comp == pytest.approx(paraxial_focus_z_um(d, comp), abs=0.1)
+    plus = psf_2d(z_comp + 3, d, WL, comp, size_px=65)
+    minus = psf_2d(z_comp - 3, d, WL, comp, size_px=65)
+    assert np.abs(plus - minus).sum() < 0.01 * plus.sum()
+    z_over = best_focus_z_um(d, over)
+    assert z_over > 4.0  # the global peak, ~12 µm above the default's focus
+    assert z_over == pytest.approx(-best_focus_z_um(d, DEFAULT), abs=0.2)  # mirror image

@@ -41,6 +41,7 @@ __all__ = [
     "amplitude_psf_radial",
     "best_focus_z_um",
     "optical_path_difference_um",
+    "paraxial_focus_z_um",
     "psf_2d",
     "psf_radial",
     "psf_xz",
@@ -433,11 +434,46 @@ def _sharpness(z_um: float, depth_um: float, wavelength_um: float, optics: Optic
 
 
 @lru_cache(maxsize=4096)
+def paraxial_focus_z_um(depth_um: float, optics: Optics) -> float:
+    """Return the paraxial in-focus stage position for an object at a depth.
+
+    Expanding ``n t cos θ ≈ n t - t (NA ρ)² / (2 n)`` in every layer of the
+    Gibson–Lanni path, the quadratic (defocus) terms cancel when
+    ``z / n_i + d / n_s + t_g / n_g - t_g0 / n_g0 + t_i0 (1 / n_i - 1 / n_i0) = 0``.
+    A thinner coverslip than designed moves the focus away from the specimen.
+
+    Parameters
+    ----------
+    depth_um : float
+        Object depth below the coverslip (µm).
+    optics : Optics
+        Optical parameters.
+
+    Returns
+    -------
+    float
+        Stage position (µm); spherical aberration shifts the sharpest plane
+        from here by up to a few µm (:func:`best_focus_z_um`).
+    """
+    o = optics
+    return -o.immersion_index * (
+        depth_um / o.sample_index
+        + o.coverslip_thickness_um / o.coverslip_index
+        - o.coverslip_thickness_design_um / o.coverslip_index_design
+        + o.working_distance_um * (1.0 / o.immersion_index - 1.0 / o.immersion_index_design)
+    )
+
+
 def _best_focus_cached(depth_q: float, wavelength_um: float, optics: Optics) -> float:
-    guess = -depth_q * optics.immersion_index / optics.sample_index
-    zs = guess + np.linspace(-6.0, 6.0, 25)
+    guess = paraxial_focus_z_um(depth_q, optics)
+    zs = guess + np.linspace(-12.0, 12.0, 49)
     vals = [_sharpness(float(z), depth_q, wavelength_um, optics) for z in zs]
     i = int(np.argmax(vals))
+    if i in (0, len(zs) - 1):
+        raise RuntimeError(
+            f"no sharpness peak within ±12 µm of the paraxial focus {guess:.2f} µm for an "
+            f"object {depth_q} µm deep: the aberrations of {optics} are too strong to model"
+        )
     lo, hi = float(zs[max(i - 1, 0)]), float(zs[min(i + 1, len(zs) - 1)])
     res = optimize.minimize_scalar(
         lambda z: -_sharpness(float(z), depth_q, wavelength_um, optics),
