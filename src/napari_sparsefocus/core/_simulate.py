@@ -46,13 +46,6 @@ _LEVEL_COUNTS = {
     "extremely_sparse": (1, 3),
     "empty": (0, 0),
 }
-#: allowed realised count per level on a 9×9 grid (the documented definition)
-LEVEL_RANGES_9X9 = {
-    "dense": (41, 81),
-    "sparse": (5, 32),
-    "extremely_sparse": (1, 4),
-    "empty": (0, 0),
-}
 
 
 def _check_choice(name: str, value: str, valid: Sequence[str]) -> None:
@@ -588,7 +581,6 @@ class PatchSampler:
         self.seed = int(seed)
         self.noise = noise
         self._rng = _rng(seed, split, 23)
-        self._region_index = 0
 
     def iter_regions(self) -> Iterator[PatchBatch]:
         """Yield batches of ``9 × planes_per_region`` patches, one region each."""
@@ -602,7 +594,6 @@ class PatchSampler:
         cells = rng.random((n, n)) < self.content_probability
         frac = float(cells[1:-1, 1:-1].mean())
         level = "dense" if frac > 0.5 else ("sparse" if frac > 0.0 else "empty")
-        self._region_index += 1
         region_seed = int(rng.integers(2**31 - 1))
         spec = make_specimen(
             kind,
