@@ -14,7 +14,7 @@ of :class:`~napari_sparsefocus.core.nn.DefocusPredictionNetwork`.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -23,8 +23,8 @@ from torch import Tensor, nn
 from ._blocks import (
     ConvBNAct,
     InvertedResidual,
+    Regressor,
     check_image_batch,
-    eval_mode,
     init_mobilenet_,
     make_divisible,
     mobilenet_v3_features,
@@ -52,62 +52,8 @@ def _median3x3(x: Tensor) -> Tensor:
     return windows.median(dim=-1).values  # (N, C, H, W)
 
 
-class _Regressor(nn.Module):
-    """Shared ``forward`` / ``predict`` of the baseline regressors."""
-
-    def forward_features(self, x: Tensor) -> Tensor:  # pragma: no cover - overridden
-        raise NotImplementedError
-
-    # set by subclasses that use the default head below
-    head_drop: nn.Module
-    fc: nn.Linear
-    config: Any
-
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        """Global average pool and regression (Jiang, Dastidar; Liao overrides it).
-
-        Parameters
-        ----------
-        x : torch.Tensor
-            Feature map ``(N, C, h, w)``.
-        pre_logits : bool
-            Return the pooled features ``(N, C)`` instead.
-
-        Returns
-        -------
-        torch.Tensor
-            Defocus ``(N,)`` in µm, or the pooled features.
-        """
-        x = self.head_drop(x.mean(dim=(2, 3)))  # (N, C)
-        if pre_logits:
-            return x
-        out: Tensor = self.fc(x).squeeze(-1) * self.config.output_scale_um  # (N,)
-        return out
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Return the defocus ``(N,)`` in µm."""
-        return self.forward_head(self.forward_features(x))
-
-    @torch.no_grad()
-    def predict(self, x: Tensor) -> Tensor:
-        """Return the defocus in eval mode, without gradients.
-
-        Parameters
-        ----------
-        x : torch.Tensor
-            The network's input batch.
-
-        Returns
-        -------
-        torch.Tensor
-            ``(N,)`` defocus in µm; the training/eval mode is restored afterwards.
-        """
-        with eval_mode(self):
-            return self.forward(x)
-
-
 # ---------------------------------------------------------------- Liao et al.
-class LiaoNet(_Regressor):
+class LiaoNet(Regressor):
     """MobileNetV3-small defocus regressor (Liao et al., single shot).
 
     Parameters
@@ -220,7 +166,7 @@ class _BasicBlock(nn.Module):
         return out
 
 
-class JiangNet(_Regressor):
+class JiangNet(Regressor):
     """ResNet defocus regressor on a spatial + Fourier-magnitude input (Jiang et al.).
 
     Parameters
@@ -328,9 +274,8 @@ class JiangNet(_Regressor):
         return out
 
 
-
 # ---------------------------------------------------------------- Dastidar
-class DastidarNet(_Regressor):
+class DastidarNet(Regressor):
     """MobileNetV2 (width 0.4) defocus regressor on a two-shot difference image (Dastidar).
 
     Parameters
@@ -447,4 +392,3 @@ class DastidarNet(_Regressor):
         )
         out: Tensor = self.features(x)
         return out
-

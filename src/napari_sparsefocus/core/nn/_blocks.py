@@ -10,7 +10,7 @@ Liu et al. 2022 and are the DFENet blocks of the SparseFocus DPN.
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +27,7 @@ __all__ = [
     "DropPath",
     "InvertedResidual",
     "LayerNorm2d",
+    "Regressor",
     "SqueezeExcite",
     "check_image_batch",
     "eval_mode",
@@ -464,3 +465,57 @@ class DFENetBlock(nn.Module):
         x = x.permute(0, 3, 1, 2)  # (N, C, H, W)
         out: Tensor = shortcut + self.drop_path(x)
         return out
+
+
+class Regressor(nn.Module):
+    """Shared ``forward`` / ``predict`` of the defocus regressors (DPN and baselines)."""
+
+    def forward_features(self, x: Tensor) -> Tensor:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    # set by subclasses that use the default head below
+    head_drop: nn.Module
+    fc: nn.Linear
+    config: Any
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """Global average pool and regression (Jiang, Dastidar; the DPN and Liao override it).
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Feature map ``(N, C, h, w)``.
+        pre_logits : bool
+            Return the pooled features ``(N, C)`` instead.
+
+        Returns
+        -------
+        torch.Tensor
+            Defocus ``(N,)`` in µm, or the pooled features.
+        """
+        x = self.head_drop(x.mean(dim=(2, 3)))  # (N, C)
+        if pre_logits:
+            return x
+        out: Tensor = self.fc(x).squeeze(-1) * self.config.output_scale_um  # (N,)
+        return out
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Return the defocus ``(N,)`` in µm."""
+        return self.forward_head(self.forward_features(x))
+
+    @torch.no_grad()
+    def predict(self, x: Tensor) -> Tensor:
+        """Return the defocus in eval mode, without gradients.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            The network's input batch.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(N,)`` defocus in µm; the training/eval mode is restored afterwards.
+        """
+        with eval_mode(self):
+            return self.forward(x)

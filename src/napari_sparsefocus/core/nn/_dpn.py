@@ -19,16 +19,15 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-import torch
 from torch import Tensor, nn
 
-from ._blocks import DFENetBlock, LayerNorm2d, check_image_batch, eval_mode, init_convnext_
+from ._blocks import DFENetBlock, LayerNorm2d, Regressor, check_image_batch, init_convnext_
 from ._config import DPNConfig
 
 __all__ = ["DefocusPredictionNetwork"]
 
 
-class DefocusPredictionNetwork(nn.Module):
+class DefocusPredictionNetwork(Regressor):
     """ConvNeXt-like regressor from an image patch to its signed defocus (µm).
 
     Parameters
@@ -156,24 +155,3 @@ class DefocusPredictionNetwork(nn.Module):
             return x
         out: Tensor = self.fc(x).squeeze(-1) * self.config.output_scale_um  # (N,)
         return out
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Return the defocus ``(N,)`` in µm for patches ``(N, 3, H, W)``."""
-        return self.forward_head(self.forward_features(x))
-
-    @torch.no_grad()
-    def predict(self, x: Tensor) -> Tensor:
-        """Return the defocus in eval mode, without gradients.
-
-        Parameters
-        ----------
-        x : torch.Tensor
-            Float ``(N, 3, H, W)`` in [0, 1].
-
-        Returns
-        -------
-        torch.Tensor
-            ``(N,)`` defocus in µm; the training/eval mode is restored afterwards.
-        """
-        with eval_mode(self):
-            return self.forward(x)
