@@ -33,6 +33,8 @@ def test_dof_scales_with_immersion_index_and_na():
         ("wavelengths_um", ()),
         ("wavelengths_um", (5.0,)),
         ("bit_depth", 0),
+        ("axial_chromatic_um", (1.0,)),
+        ("axial_chromatic_um", (float("inf"), 0.0)),
     ],
 )
 def test_impossible_values_name_the_field(field, value):
@@ -45,3 +47,19 @@ def test_round_trip_dict():
     assert Optics.from_dict(o.to_dict()) == o
     with pytest.raises(ValueError, match="Unknown"):
         Optics.from_dict({"nope": 1})
+
+
+def test_axial_chromatic_shift_is_zero_at_the_reference_and_signed():
+    o = Optics()
+    assert o.chromatic_focus_shift_um(o.reference_wavelength_um) == 0.0
+    red, green, blue = (o.chromatic_focus_shift_um(w) for w in o.wavelengths_um)
+    # the default objective: red focuses lower, blue higher than green, ~1.5 µm apart
+    assert red < green < blue
+    assert 1.2 < blue - red < 2.0
+    apo = Optics(axial_chromatic_um=(0.0, 0.0))
+    assert all(apo.chromatic_focus_shift_um(w) == 0.0 for w in apo.wavelengths_um)
+    # by hand: a (λ - λr)/0.1 + b((λ - .55)² - (λr - .55)²)/0.01 with λr = 0.53
+    lin = Optics(axial_chromatic_um=(-2.0, 1.0))
+    assert lin.chromatic_focus_shift_um(0.63) == pytest.approx(-2.0 + (0.0064 - 0.0004) / 0.01)
+    rt = Optics.from_dict(lin.to_dict())
+    assert rt == lin and rt.axial_chromatic_um == (-2.0, 1.0)

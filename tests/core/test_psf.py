@@ -220,3 +220,17 @@ def test_thinner_coverslip_compensates_mount_depth_and_focus_is_found_far_away()
     z_over = best_focus_z_um(d, over)
     assert z_over > 4.0  # the global peak, ~12 µm above the default's focus
     assert z_over == pytest.approx(-best_focus_z_um(d, DEFAULT), abs=0.2)  # mirror image
+
+
+@pytest.mark.parametrize("channel", [0, 2])
+def test_each_colour_comes_to_focus_at_its_axial_chromatic_shift(channel):
+    # the sharpest plane of a colour sits Δz(λ) from the reference colour's
+    wl = DEFAULT.wavelengths_um[channel]
+    ref = best_focus_z_um(6.0, DEFAULT)
+    shift = best_focus_z_um(6.0, DEFAULT, wavelength_um=wl) - ref
+    assert shift == pytest.approx(DEFAULT.chromatic_focus_shift_um(wl), abs=0.1)
+    # an apochromat brings every colour to (almost) the same focus
+    apo = DEFAULT.replace(axial_chromatic_um=(0.0, 0.0))
+    apo_shift = best_focus_z_um(6.0, apo, wavelength_um=wl) - best_focus_z_um(6.0, apo)
+    assert abs(apo_shift) < 0.25 * abs(shift)
+    assert best_focus_z_um(6.0, apo) == pytest.approx(ref, abs=1e-6)

@@ -15,7 +15,7 @@ class Optics:
 
     All lengths are in micrometres. The default is a brightfield pathology
     scanner close to the SparseFocus whole-slide imager: a 20x / 0.75 NA dry
-    apochromat, a 2448 x 2048 global-shutter CMOS with 3.45 µm pixels (the
+    objective with residual axial colour, a 2448 x 2048 global-shutter CMOS with 3.45 µm pixels (the
     paper crops 2016 x 2016 of that sensor), a white LED seen through the RGB
     Bayer filter, and specimens mounted in a medium of index 1.52 under a
     #1.5 coverslip. The dry objective imaging into the index-1.52 mount is
@@ -48,6 +48,18 @@ class Optics:
         Depth below the coverslip of the specimen's mid-plane (default 10 µm:
         the middle of a 4 µm section under ~8 µm of mounting medium). Content
         deeper in the mount sees more spherical aberration.
+    axial_chromatic_um : tuple of float
+        Residual longitudinal (axial) chromatic aberration of the objective,
+        as the shift of the in-focus stage position with wavelength:
+        ``Δz(λ) = a (λ - λ_r)/0.1 + b ((λ - 0.55)² - (λ_r - 0.55)²)/0.01``
+        with ``(a, b)`` these two coefficients (µm per 100 nm, µm per
+        (100 nm)²) and ``λ_r`` the reference wavelength, whose focus is
+        therefore unshifted. The default ``(-1.0, 0.1)`` is a 20x plan
+        achromat/fluorite: red (610 nm) comes to focus about 0.75 µm lower
+        and blue (460 nm) about 0.8 µm higher than green, 1.5 µm (1.3 depths
+        of field) across the RGB channels. It is the strongest cue to the
+        *sign* of defocus in an RGB image; ``(0, 0)`` is a perfect
+        apochromat, whose sign cue is only the spherical aberration.
     condenser_na : float
         Numerical aperture of the condenser (partially coherent Köhler
         illumination); the coherence parameter is ``condenser_na / na``.
@@ -78,6 +90,7 @@ class Optics:
     coverslip_thickness_design_um: float = 170.0
     working_distance_um: float = 600.0
     specimen_depth_um: float = 10.0
+    axial_chromatic_um: tuple[float, float] = (-1.0, 0.1)
     condenser_na: float = 0.55
     full_well_e: float = 10500.0
     read_noise_e: float = 2.4
@@ -143,6 +156,13 @@ class Optics:
                 f"got {self.wavelengths_um!r}"
             )
         object.__setattr__(self, "wavelengths_um", wl)
+        ca = tuple(float(c) for c in self.axial_chromatic_um)
+        if len(ca) != 2 or not all(math.isfinite(c) and abs(c) <= 20.0 for c in ca):
+            raise ValueError(
+                "Optics.axial_chromatic_um must be two finite coefficients (µm per 100 nm, "
+                f"µm per (100 nm)²) of magnitude <= 20, got {self.axial_chromatic_um!r}"
+            )
+        object.__setattr__(self, "axial_chromatic_um", ca)
         if int(self.bit_depth) != self.bit_depth or not (1 <= self.bit_depth <= 16):
             raise ValueError(
                 f"Optics.bit_depth must be an integer in 1..16, got {self.bit_depth!r}"
@@ -164,6 +184,25 @@ class Optics:
         """Wavelength used for scalar figures such as the depth of field (the median)."""
         wl = sorted(self.wavelengths_um)
         return wl[len(wl) // 2]
+
+    def chromatic_focus_shift_um(self, wavelength_um: float) -> float:
+        """Return the in-focus stage shift (µm) of ``wavelength_um`` relative to the reference.
+
+        Parameters
+        ----------
+        wavelength_um : float
+            Wavelength (µm).
+
+        Returns
+        -------
+        float
+            ``Δz(λ)`` of :attr:`axial_chromatic_um`; zero at the reference
+            wavelength and for an apochromat ``(0, 0)``.
+        """
+        a, b = self.axial_chromatic_um
+        lr = self.reference_wavelength_um
+        lam = float(wavelength_um)
+        return a * (lam - lr) / 0.1 + b * ((lam - 0.55) ** 2 - (lr - 0.55) ** 2) / 0.01
 
     @property
     def dof_um(self) -> float:
@@ -195,6 +234,7 @@ class Optics:
         """Return a JSON-serialisable dict of the fields."""
         d = asdict(self)
         d["wavelengths_um"] = list(self.wavelengths_um)
+        d["axial_chromatic_um"] = list(self.axial_chromatic_um)
         return d
 
     @classmethod
@@ -207,6 +247,8 @@ class Optics:
         kw = dict(data)
         if "wavelengths_um" in kw:
             kw["wavelengths_um"] = tuple(kw["wavelengths_um"])
+        if "axial_chromatic_um" in kw:
+            kw["axial_chromatic_um"] = tuple(kw["axial_chromatic_um"])
         return cls(**kw)
 
     def replace(self, **changes: Any) -> Optics:

@@ -205,6 +205,8 @@ def amplitude_psf_radial(
         r_max, n_r = float(r_max_um), int(np.ceil(n_r * scale / 64.0) * 64)
         n_rho = int(np.ceil(n_rho * scale / 64.0) * 64)
     rho, _ = _rho_nodes(n_rho)
+    # axial chromatic aberration: this wavelength comes to focus Δz(λ) away from the reference
+    z_um = z_um - optics.chromatic_focus_shift_um(wavelength_um)
     phase = (2.0 * np.pi / wavelength_um) * optical_path_difference_um(rho, z_um, depth_um, optics)
     pupil = np.exp(1j * phase)
     if pupil_cutoff < 1.0:
