@@ -258,6 +258,39 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_make_bank(args: argparse.Namespace) -> int:
+    from .core import Optics
+    from .core.nn._bank import iter_write_patch_bank
+
+    optics = Optics.from_dict(_json_arg(args.optics)) if args.optics else Optics()
+    gen = iter_write_patch_bank(
+        args.out_dir,
+        args.pairs,
+        optics=optics,
+        seed=args.seed,
+        defocus_range_um=tuple(args.defocus_range_um),
+        delta_um=args.delta_um,
+        near_um=args.near_um,
+        near_fraction=args.near_fraction,
+        shard_pairs=args.shard_pairs,
+        part=tuple(args.part),
+    )
+    for p in gen:
+        log.info(
+            "bank %s: shard %d/%d, %d pairs", args.out_dir, p.shards_done, p.shards_total, p.pairs
+        )
+    print(f"patch bank {args.out_dir}: part {args.part[0]}/{args.part[1]} complete")
+    return 0
+
+
+def _json_arg(text: str) -> dict[str, Any]:
+    raw = Path(text[1:]).read_text(encoding="utf-8") if text.startswith("@") else text
+    value = json.loads(raw)
+    if not isinstance(value, dict):
+        raise SystemExit("--optics must be a JSON object")
+    return value
+
+
 def _cmd_combine(args: argparse.Namespace) -> int:
     from .core.nn._train import combine_sparsefocus_model
 
@@ -344,6 +377,33 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("dpn", type=Path, help="DPN model .json")
     c.add_argument("output", type=Path, help="output stem (writes .json + .safetensors)")
     c.set_defaults(func=_cmd_combine)
+
+    mb = sub.add_parser(
+        "make-bank", help="render a patch bank once, shared training data of the patch networks"
+    )
+    mb.add_argument("out_dir")
+    mb.add_argument("--pairs", type=int, default=16384, help="shot pairs to render")
+    mb.add_argument("--seed", type=int, default=0)
+    mb.add_argument("--defocus-range-um", type=float, nargs=2, default=(-25.0, 25.0))
+    mb.add_argument("--delta-um", type=float, default=2.0, help="step between a pair's shots")
+    mb.add_argument("--near-um", type=float, default=6.0)
+    mb.add_argument(
+        "--near-fraction",
+        type=float,
+        default=0.4,
+        help="share of pairs drawn within ±near-um of focus",
+    )
+    mb.add_argument("--shard-pairs", type=int, default=512)
+    mb.add_argument("--optics", help="Optics fields as JSON, or @file.json")
+    mb.add_argument(
+        "--part",
+        type=int,
+        nargs=2,
+        default=(0, 1),
+        metavar=("I", "N"),
+        help="this process writes shards I, I+N, … (run N processes)",
+    )
+    mb.set_defaults(func=_cmd_make_bank)
 
     d = sub.add_parser("demo", help="simulate dense and extremely sparse stacks and analyse them")
     d.add_argument("--seed", type=int, default=0)

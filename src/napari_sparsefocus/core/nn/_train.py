@@ -49,6 +49,7 @@ from napari_sparsefocus._version import __version__
 from napari_sparsefocus.core import Optics
 
 from ._augment import apply_augment, apply_dihedral, sample_augment_params
+from ._bank import PatchBank, PatchBankStream, is_patch_bank
 from ._data import (
     DefocusPairStream,
     DPNPatchStream,
@@ -243,10 +244,15 @@ class TrainConfig:
         object.__setattr__(self, "optics", json.loads(json.dumps(self.optics)))
         if not (math.isfinite(self.delta_um) and 0 < self.delta_um < hi - lo):
             raise ValueError(f"delta_um must be in (0, {hi - lo}), got {self.delta_um!r}")
-        if self.data != "simulated" and not Path(self.data).is_file():
+        if self.data != "simulated" and not (
+            Path(self.data).is_file() or is_patch_bank(self.data)
+        ):
             raise ValueError(
-                f"data must be 'simulated' or an existing label file, got {self.data!r}"
+                "data must be 'simulated', an existing label file or a patch-bank folder, "
+                f"got {self.data!r}"
             )
+        if self.network == "rin" and is_patch_bank(self.data):
+            raise ValueError("a patch bank holds patches, not fields: the RIN cannot use it")
         if self.network == "rin" and self.input_px is not None and self.input_px < 32:
             raise ValueError(f"the RIN needs input_px >= 32, got {self.input_px}")
         if self.network != "rin" and self.input_px is not None and self.input_px > _PATCH_PX:
@@ -674,6 +680,20 @@ def _make_stream(cfg: TrainConfig, rank: int, start_step: int) -> StepStream:
         "stop_step": cfg.steps,
     }
     px = cfg.resolved_input_px
+    if is_patch_bank(cfg.data):
+        bank = PatchBank(cfg.data)
+        if bank.optics != optics:
+            raise ValueError(
+                f"the patch bank {cfg.data} was rendered for other optics than the run's "
+                "(pass the bank's optics with --optics)"
+            )
+        if cfg.network == "dastidar" and not math.isclose(bank.delta_um, cfg.delta_um):
+            raise ValueError(
+                f"the patch bank's shot step is {bank.delta_um} µm, the run's delta_um "
+                f"{cfg.delta_um}"
+            )
+        mode = "pairs" if cfg.network == "dastidar" else "single"
+        return PatchBankStream(bank, cfg.batch_size, mode=mode, patch_px=px, **common)
     if cfg.data != "simulated":
         mode = {"rin": "fields", "dastidar": "pairs"}.get(cfg.network, "patches")
         size = {"input_px": px} if mode == "fields" else {}
@@ -1105,7 +1125,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--out-dir", default=d.out_dir, help="checkpoints and final model")
     parser.add_argument(
-        "--data", default=d.data, help="'simulated' or a label file of user z-stacks"
+        "--data",
+        default=d.data,
+        help="'simulated', a label file of user z-stacks, or a patch-bank folder (make-bank)"
     )
     parser.add_argument(
         "--defocus-range-um",
