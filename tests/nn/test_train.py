@@ -480,3 +480,14 @@ def test_init_from_starts_a_new_run_from_a_model_file(tmp_path):
                 )
             )
         )
+
+
+def test_cosine_schedule_warms_up_decays_and_is_a_function_of_the_step():
+    cfg = TrainConfig(network="dpn", steps=100, lr=1e-3, lr_schedule="cosine")
+    lrs = [cfg.lr_at(s) for s in range(100)]
+    assert lrs[0] < lrs[2] == pytest.approx(1e-3)  # 3-step warm-up
+    assert np.all(np.diff(lrs[2:]) <= 0)  # then never rises
+    assert lrs[-1] == pytest.approx(1e-3 * (0.02 + 0.98 * 0.5 * (1 + np.cos(np.pi * 96 / 97))))
+    assert TrainConfig(network="dpn", steps=100, lr=1e-3).lr_at(99) == 1e-3
+    with pytest.raises(ValueError, match="lr_schedule"):
+        TrainConfig(lr_schedule="step")

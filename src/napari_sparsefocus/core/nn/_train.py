@@ -66,6 +66,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CHECKPOINT_FORMAT",
     "DEFAULT_LR",
+    "LR_SCHEDULES",
     "CheckpointMismatchError",
     "TrainConfig",
     "TrainProgress",
@@ -102,6 +103,8 @@ _PATCH_PX = 224
 _RIN_INPUT_PX = 512
 # seed-stream tags (distinct from the data streams' tags)
 _TAG_TORCH, _TAG_AUG = 201, 202
+#: Learning-rate schedules of :class:`TrainConfig`.
+LR_SCHEDULES = ("constant", "cosine")
 # fields that must agree between a checkpoint and the run resuming from it
 _IDENTITY_FIELDS = (
     "network",
@@ -117,6 +120,7 @@ _IDENTITY_FIELDS = (
     "delta_um",
     "augment",
     "init_from",
+    "lr_schedule",
 )
 
 
@@ -141,7 +145,7 @@ class TrainConfig:
         Samples per step and rank (the paper: 16 for the RIN, 128 for the DPN).
     lr : float, optional
         Adam learning rate (default :data:`DEFAULT_LR`, the paper's values).
-        Constant: the paper gives only the initial rate and no schedule.
+        The paper gives only the initial rate; see ``lr_schedule``.
     weight_decay : float
         Adam L2 weight decay.
     checkpoint_every : int
@@ -184,6 +188,10 @@ class TrainConfig:
         Model file whose weights for this network start the run (fine-tuning,
         e.g. on label files written by annotators, or a curriculum stage).
         A SparseFocus pipeline file contributes its ``dpn.``/``rin.`` part.
+    lr_schedule : {"constant", "cosine"}
+        ``"constant"`` (the paper's, as far as it says) or ``"cosine"``: 3 %
+        linear warm-up, then cosine decay to 2 % of ``lr`` at ``steps``. The
+        rate is a function of the step, so resumed runs stay bit-identical.
     """
 
     network: str = "dpn"
@@ -208,10 +216,13 @@ class TrainConfig:
     dump_rank_state: bool = False
     command: str = ""
     init_from: str | None = None
+    lr_schedule: str = "constant"
 
     def __post_init__(self) -> None:
         if self.network not in NETWORKS:
             raise ValueError(f"network must be one of {sorted(NETWORKS)}, got {self.network!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if not isinstance(self.network_config, dict):
             raise ValueError("network_config must be a dict")
         NETWORKS[self.network][1].from_dict(self.network_config)  # validates keys and values
@@ -244,9 +255,7 @@ class TrainConfig:
         object.__setattr__(self, "optics", json.loads(json.dumps(self.optics)))
         if not (math.isfinite(self.delta_um) and 0 < self.delta_um < hi - lo):
             raise ValueError(f"delta_um must be in (0, {hi - lo}), got {self.delta_um!r}")
-        if self.data != "simulated" and not (
-            Path(self.data).is_file() or is_patch_bank(self.data)
-        ):
+        if self.data != "simulated" and not (Path(self.data).is_file() or is_patch_bank(self.data)):
             raise ValueError(
                 "data must be 'simulated', an existing label file or a patch-bank folder, "
                 f"got {self.data!r}"
@@ -257,6 +266,28 @@ class TrainConfig:
             raise ValueError(f"the RIN needs input_px >= 32, got {self.input_px}")
         if self.network != "rin" and self.input_px is not None and self.input_px > _PATCH_PX:
             raise ValueError(f"input_px of a patch network must be <= {_PATCH_PX}")
+
+    def lr_at(self, step: int) -> float:
+        """Return the learning rate of ``step`` (0-based) under ``lr_schedule``.
+
+        Parameters
+        ----------
+        step : int
+            Optimisation step.
+
+        Returns
+        -------
+        float
+            Learning rate.
+        """
+        base = self.learning_rate
+        if self.lr_schedule == "constant":
+            return base
+        warm = max(1, round(0.03 * self.steps))
+        if step < warm:
+            return base * (step + 1) / warm
+        frac = min(1.0, (step - warm) / max(1, self.steps - warm))
+        return base * (0.02 + 0.98 * 0.5 * (1.0 + math.cos(math.pi * frac)))
 
     @property
     def learning_rate(self) -> float:
@@ -997,6 +1028,8 @@ def _train(
             targets = targets.to(ctx.device, non_blocking=True)
 
             net.train()
+            for group in opt.param_groups:
+                group["lr"] = cfg.lr_at(step)
             opt.zero_grad(set_to_none=True)
             loss = compute_loss(cfg.network, net, inputs, targets)
             if not torch.isfinite(loss):
@@ -1119,6 +1152,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--lr", type=float, default=None, help="Adam learning rate (default: paper's)"
     )
+    parser.add_argument(
+        "--lr-schedule", choices=LR_SCHEDULES, default=d.lr_schedule, help="constant or cosine"
+    )
     parser.add_argument("--weight-decay", type=float, default=d.weight_decay)
     parser.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
     parser.add_argument("--log-every", type=int, default=d.log_every)
@@ -1127,7 +1163,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data",
         default=d.data,
-        help="'simulated', a label file of user z-stacks, or a patch-bank folder (make-bank)"
+        help="'simulated', a label file of user z-stacks, or a patch-bank folder (make-bank)",
     )
     parser.add_argument(
         "--defocus-range-um",
@@ -1204,6 +1240,7 @@ def config_from_args(args: argparse.Namespace, command: Sequence[str] | None = N
         steps=args.steps,
         batch_size=args.batch_size,
         lr=args.lr,
+        lr_schedule=args.lr_schedule,
         weight_decay=args.weight_decay,
         checkpoint_every=args.checkpoint_every,
         log_every=args.log_every,
