@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench model clean
 
 setup: $(STAMP)
 
@@ -28,6 +28,10 @@ lint: setup
 
 bench: setup
 	$(PY) benchmarks/bench_render.py
+
+# train the bundled default model + baselines and write docs/evaluation (resumable, ~75 min on 2 cores)
+model: setup
+	bash scripts/train-default-model.sh
 
 clean:
 	rm -rf $(VENV)

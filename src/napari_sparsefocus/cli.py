@@ -172,27 +172,20 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from . import __version__
     from ._report import write_report
     from .core.nn import load_model
-    from .core.nn._evaluate import (
-        TestSetSpec,
-        grid_median_predictor,
-        iter_evaluate,
-        two_shot_predictor,
-    )
+    from .core.nn._evaluate import TestSetSpec, baseline_predictors, iter_evaluate
+    from .core.nn._inference import bundled_baseline_paths
 
     try:
         model = load_model(args.model)
-        baselines, two_shot = {}, {}
+        paths: dict[str, str] = {}
+        if args.bundled_baselines:
+            paths.update(bundled_baseline_paths())
         for item in args.baseline or []:
             name, _, path = item.partition("=")
             if not path:
                 raise ValueError(f"--baseline needs NAME=MODEL.json, got {item!r}")
-            if (
-                json.loads(Path(path).with_suffix(".json").read_text()).get("architecture")
-                == "dastidar"
-            ):
-                two_shot[f"{name} (two-shot, grid median)"] = two_shot_predictor(path)
-            else:
-                baselines[f"{name} (grid median)"] = grid_median_predictor(path)
+            paths[name] = path
+        baselines, two_shot = baseline_predictors(paths)
     except (OSError, ValueError) as e:
         print(f"sparsefocus evaluate: {e}", file=sys.stderr)
         return 2
@@ -352,7 +345,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--baseline",
         action="append",
         metavar="NAME=MODEL.json",
-        help="a single-shot patch regressor evaluated in grid-median mode",
+        help="a learned baseline model (Liao/Jiang: grid median, Liao also grid mean; "
+        "Dastidar: two-shot)",
+    )
+    ev.add_argument(
+        "--bundled-baselines",
+        action="store_true",
+        help="also evaluate the baselines shipped with the package (Liao, Jiang, Dastidar)",
     )
     ev.add_argument("--fields", type=int, default=4, help="fields per kind × sparsity group")
     ev.add_argument("--shots", type=int, default=6, help="defocus shots per field")

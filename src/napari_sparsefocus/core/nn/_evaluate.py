@@ -28,8 +28,10 @@ if TYPE_CHECKING:
     from ._inference import SparseFocusModel
 
 __all__ = [
+    "BASELINE_NAMES",
     "EvalProgress",
     "TestSetSpec",
+    "baseline_predictors",
     "evaluate",
     "grid_median_predictor",
     "iter_evaluate",
@@ -321,3 +323,45 @@ def grid_median_predictor(path: str, *, reduce: str = "median") -> Any:
         return float(np.median(d) if reduce == "median" else np.mean(d))
 
     return predict
+
+
+#: Report names of the learned baselines, by architecture.
+BASELINE_NAMES = {"liao": "Liao", "jiang": "Jiang", "dastidar": "Dastidar"}
+
+
+def baseline_predictors(
+    paths: Mapping[str, str],
+) -> tuple[dict[str, Any], dict[str, tuple[Any, float]]]:
+    """Build the evaluation predictors of learned baseline model files.
+
+    Parameters
+    ----------
+    paths : mapping of str to str
+        Report name → model file (``.json``). A Dastidar model becomes a
+        two-shot predictor; a Liao model gives both its grid median and its
+        grid mean (Liao et al.'s ARM averages the patches); others their grid
+        median.
+
+    Returns
+    -------
+    single, two_shot : dict
+        Arguments ``baselines`` and ``two_shot_baselines`` of :func:`iter_evaluate`.
+    """
+    import json
+    from pathlib import Path
+
+    single: dict[str, Any] = {}
+    two_shot: dict[str, tuple[Any, float]] = {}
+    for name, path in paths.items():
+        cfg_path = Path(path).with_suffix(".json")
+        try:
+            arch = json.loads(cfg_path.read_text(encoding="utf-8")).get("architecture")
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"baseline {name}: cannot read {cfg_path}: {exc}") from exc
+        if arch == "dastidar":
+            two_shot[f"{name} (two-shot, grid median)"] = two_shot_predictor(str(path))
+            continue
+        single[f"{name} (grid median)"] = grid_median_predictor(str(path))
+        if arch == "liao":
+            single[f"{name} (grid mean)"] = grid_median_predictor(str(path), reduce="mean")
+    return single, two_shot

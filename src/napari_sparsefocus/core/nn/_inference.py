@@ -28,6 +28,7 @@ __all__ = [
     "DefocusPrediction",
     "PatchPrediction",
     "SparseFocusModel",
+    "bundled_baseline_paths",
     "iter_predict_stack",
     "load_model",
     "predict_defocus",
@@ -243,6 +244,24 @@ def _accepts_grid(module: nn.Module) -> bool:
         return "grid" in inspect.signature(module.forward).parameters
     except (TypeError, ValueError):  # pragma: no cover
         return False
+
+
+def bundled_baseline_paths() -> dict[str, str]:
+    """Return report name → model file of the baselines shipped with the package.
+
+    Returns
+    -------
+    dict of str to str
+        ``{"Liao": ".../baselines/liao.json", ...}`` for those present.
+    """
+    from ._evaluate import BASELINE_NAMES
+
+    folder = BUNDLED_MODEL_DIR / "baselines"
+    return {
+        label: str(folder / f"{arch}.json")
+        for arch, label in BASELINE_NAMES.items()
+        if (folder / f"{arch}.json").is_file()
+    }
 
 
 def load_model(path: str | Path | None = None) -> SparseFocusModel:
