@@ -88,3 +88,10 @@ def _no_leaked_widgets(qapp):
         if w.isVisible() and type(w).__module__.startswith("napari_sparsefocus")
     ]
     assert not leaked, f"leaked top-level widgets: {leaked}"
+
+
+@pytest.fixture
+def model_factory():
+    """``make_model`` as a fixture (test modules should not import conftest)."""
+    torch.set_num_threads(1)
+    return make_model
