@@ -32,7 +32,7 @@ patch_net() {
         --lr-schedule cosine --seed 0 --num-threads 1 --checkpoint-every 100 --no-progress \
         --network-config "$2" --out-dir "$RUNS/$1" > "$RUNS/$1.log" 2>&1
 }
-patch_net dpn '{"output_scale_um": 10.0, "layer_scale_init": 0.1}' &
+patch_net dpn '{"output_scale_um": 10.0, "layer_scale_init": 0.1, "colour_sharpness_scales": [1, 2, 4, 8, 16]}' &
 patch_net liao '{"output_scale_um": 10.0}' &
 wait
 patch_net jiang '{"output_scale_um": 10.0}' &

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -461,3 +462,30 @@ def test_dpn_overfits_tiny_batch():
     with torch.no_grad():
         final = torch.mean((net(x) - y) ** 2).item()
     assert final < initial / 5
+
+
+# --------------------------------------------------------------------------- colour branch
+def test_dpn_colour_branch_descriptor_is_a_chromatic_sharpness_measure():
+    from scipy import ndimage
+
+    from napari_sparsefocus.core.nn import DefocusPredictionNetwork, DPNConfig
+
+    cfg = DPNConfig(dims=(8, 16, 16, 32), depths=(1, 1, 1, 1), colour_sharpness_scales=(1, 2, 4))
+    assert DPNConfig.from_dict(cfg.to_dict()) == cfg
+    net = DefocusPredictionNetwork(cfg).eval()
+    rng = np.random.default_rng(0)
+    base = rng.random((64, 64))
+    # red blurred more than blue: the red channel is the less sharp one
+    img = np.stack([ndimage.gaussian_filter(base, s) for s in (2.0, 1.0, 0.5)])
+    x = torch.tensor(img[None], dtype=torch.float32)
+    d = net.colour.descriptor(x).reshape(4, 3)  # (scales + variance, channels)
+    assert d[0, 0] < d[0, 1] < d[0, 2]
+    # brightness scales every channel alike: each log shifts by 2 log(a)
+    d2 = net.colour.descriptor(1.5 * x).reshape(4, 3)
+    assert torch.allclose(d2 - d, torch.full_like(d, 2 * np.log(1.5)), atol=1e-4)
+    out = net(torch.rand(2, 3, 64, 64))
+    assert out.shape == (2,)
+    with pytest.raises(ValueError, match="colour"):
+        net.forward_head(net.forward_features(torch.rand(1, 3, 64, 64)))
+    with pytest.raises(ValueError, match="colour_sharpness_scales"):
+        DPNConfig(colour_sharpness_scales=(0,))

@@ -312,6 +312,15 @@ class DPNConfig(NetworkConfig):
     output_scale_um : float
         The linear head's output is multiplied by this (µm per output unit), so the
         head can work in unit scale; recorded here so checkpoints stay self-describing.
+    colour_sharpness_scales : tuple of int
+        Scales (px) of the chromatic-sharpness branch (empty: no branch, the
+        paper's DPN). Per channel and scale it measures the log gradient
+        energy of the patch (plus each channel's log variance); an MLP of
+        ``colour_sharpness_hidden`` units turns them into features joined to
+        the pooled DFENet features before the regression layer. With axial
+        chromatic aberration the sharper channel tells the side of focus.
+    colour_sharpness_hidden : int
+        Width of that MLP.
     """
 
     in_chans: int = 3
@@ -324,11 +333,16 @@ class DPNConfig(NetworkConfig):
     drop_path_rate: float = 0.0
     head_dropout: float = 0.0
     output_scale_um: float = 1.0
+    colour_sharpness_scales: tuple[int, ...] = ()
+    colour_sharpness_hidden: int = 64
 
     def _validate(self) -> None:
         self._int("in_chans")
         self._int("patch_size")
         self._int_tuple("dims", lo=1)
+        if self.colour_sharpness_scales:
+            self._int_tuple("colour_sharpness_scales", lo=1)
+        self._int("colour_sharpness_hidden")
         self._int_tuple("depths", lo=0)
         if len(self.dims) != len(self.depths):
             self._fail("depths", f"as long as dims ({len(self.dims)} stages)")
