@@ -190,3 +190,66 @@ def test_plotting_imports_neither_pyplot_nor_qt() -> None:
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == ""
+
+
+# --------------------------------------------------------------------------- stack views
+
+
+def test_defocus_curve_lines_and_band(ax: Axes) -> None:
+    from napari_sparsefocus.plotting import plot_defocus_curve
+
+    true = np.linspace(-4.0, 4.0, 9)
+    pred = true + 0.5
+    pred[3] = np.nan
+    art = plot_defocus_curve(ax, true, pred, dof_um=1.2, current_um=1.0)
+    x, y = (np.asarray(v, dtype=float) for v in art.points.get_data())
+    np.testing.assert_array_equal(x, true)
+    np.testing.assert_array_equal(y, pred)
+    zx, zy = (np.asarray(v, dtype=float) for v in art.zero_error.get_data())
+    np.testing.assert_allclose(zx, zy)
+    verts = art.dof_band.get_paths()[0].vertices
+    assert verts[:, 1].max() - verts[:, 0].max() == pytest.approx(1.2)
+    assert art.current is not None
+    assert np.asarray(art.current.get_xdata(), dtype=float)[0] == 1.0
+    assert art.points.pickable()
+    with pytest.raises(ValueError, match="same length"):
+        plot_defocus_curve(ax, true, pred[:3], dof_um=1.0)
+    with pytest.raises(ValueError, match="NaN"):
+        plot_defocus_curve(ax, pred, true, dof_um=1.0)
+
+
+def test_measure_comparison_marks_untrusted(ax: Axes) -> None:
+    from napari_sparsefocus.plotting import plot_measure_comparison
+
+    z = np.arange(5.0)
+    curves = {"a": [1, 2, 5, 2, 1], "b": [1.0, 1.01, 1.02, 1.01, 1.0]}
+    art = plot_measure_comparison(
+        ax, z, curves, {"a": 2.0, "b": 2.0}, {"a": True, "b": False}, model_focus_um=2.5
+    )
+    assert art.peaks["a"].get_marker() == "o"
+    assert art.peaks["b"].get_marker() == "x"
+    assert "untrusted" in str(art.lines["b"].get_label())
+    np.testing.assert_allclose(art.lines["a"].get_ydata(), [0, 0.25, 1, 0.25, 0])
+    assert art.model is not None
+    with pytest.raises(ValueError, match="trust"):
+        plot_measure_comparison(ax, z, curves, {"a": 2.0}, {"a": True})
+
+
+def test_psf_plots(ax: Axes) -> None:
+    from napari_sparsefocus.plotting import (
+        plot_asymmetry_scatter,
+        plot_psf_profiles,
+        plot_psf_section,
+    )
+
+    x = np.linspace(-2, 2, 5)
+    d = np.linspace(-1, 1, 3)
+    img = plot_psf_section(ax, x, d, np.arange(15.0).reshape(3, 5), gamma=1.0)
+    assert np.asarray(img.get_array()).max() == pytest.approx(1.0)
+    lp, lm = plot_psf_profiles(ax, x, x**2, x**3, d_um=-1.0)
+    assert "+1" in str(lp.get_label()) and "−1" in str(lm.get_label())
+    sc = plot_asymmetry_scatter(ax, [x, x], [x, -x], [0.5, 1.0], scores=[0.0, 1.0])
+    assert len(sc) == 2
+    np.testing.assert_allclose(sc[1].get_offsets(), np.column_stack([-x, x]))
+    with pytest.raises(ValueError, match="per offset"):
+        plot_asymmetry_scatter(ax, [x], [x, x], [1.0])

@@ -22,21 +22,29 @@ import numpy as np
 from matplotlib.patches import Rectangle
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Mapping, Sequence
 
     from matplotlib.axes import Axes
-    from matplotlib.collections import PathCollection
+    from matplotlib.collections import FillBetweenPolyCollection, PathCollection
     from matplotlib.container import BarContainer
+    from matplotlib.image import AxesImage
     from matplotlib.lines import Line2D
     from numpy.typing import ArrayLike, NDArray
 
     from .evaluation import IntervalMAE
 
 __all__ = [
+    "DefocusCurveArtists",
+    "MeasureComparisonArtists",
     "RegressionArtists",
     "format_bin_label",
+    "plot_asymmetry_scatter",
+    "plot_defocus_curve",
     "plot_focus_curves",
     "plot_interval_mae",
+    "plot_measure_comparison",
+    "plot_psf_profiles",
+    "plot_psf_section",
     "plot_regression",
 ]
 
@@ -381,3 +389,390 @@ def plot_focus_curves(
     if legend:
         ax.legend(fontsize="x-small", frameon=False)
     return lines
+
+
+# --------------------------------------------------------------------------- stack views
+
+
+@dataclass(frozen=True)
+class DefocusCurveArtists:
+    """Artists created by :func:`plot_defocus_curve`.
+
+    Attributes
+    ----------
+    points : matplotlib.lines.Line2D
+        Predicted against ground-truth defocus, one marker per plane in plane
+        order (NaN predictions leave a gap); pickable.
+    zero_error : matplotlib.lines.Line2D
+        The ideal line ``pred = true``.
+    dof_band : matplotlib.collections.FillBetweenPolyCollection
+        The band ``true - dof_um <= pred <= true + dof_um``.
+    current : matplotlib.lines.Line2D or None
+        Vertical line at the current plane's ground truth, if one was given.
+    """
+
+    points: Line2D
+    zero_error: Line2D
+    dof_band: FillBetweenPolyCollection
+    current: Line2D | None
+
+
+def plot_defocus_curve(
+    ax: Axes,
+    true_um: ArrayLike,
+    pred_um: ArrayLike,
+    *,
+    dof_um: float,
+    current_um: float | None = None,
+    picker: float = 5.0,
+    color: Any = None,
+    legend: bool = True,
+) -> DefocusCurveArtists:
+    """Draw predicted against ground-truth defocus along one z-stack.
+
+    Parameters
+    ----------
+    ax : matplotlib.axes.Axes
+        Axes to draw on.
+    true_um : array_like
+        Ground-truth defocus of each plane (µm), finite, in plane order.
+    pred_um : array_like
+        Predicted defocus of each plane (µm), same length; NaN where the
+        model gave no number (a gap in the curve).
+    dof_um : float
+        Depth of field (µm, finite, > 0): the shaded band is
+        ``pred = true ± dof_um``, the DoF-Accuracy (n = 1) tolerance.
+    current_um : float, optional
+        Ground truth of the plane shown in the viewer (a vertical line).
+    picker : float, default 5.0
+        Pick radius of the points in display points.
+    color : color, optional
+        Colour of the points; matplotlib's next cycle colour by default.
+    legend : bool, default True
+        Add a legend naming the curve, the line and the band.
+
+    Returns
+    -------
+    DefocusCurveArtists
+        The points, the zero-error line, the DoF band and the current-plane line.
+
+    Raises
+    ------
+    ValueError
+        For inputs of different lengths, a non-finite ground truth, no plane,
+        or an invalid `dof_um`.
+    """
+    true = _as_1d(true_um, "true_um")
+    pred = _as_1d(pred_um, "pred_um")
+    if true.shape != pred.shape:
+        raise ValueError(
+            f"true_um and pred_um must have the same length, got {true.size} and {pred.size}"
+        )
+    if true.size == 0:
+        raise ValueError("true_um is empty: need at least one plane")
+    if not np.all(np.isfinite(true)):
+        raise ValueError("true_um contains NaN or infinite values")
+    dof = _positive(dof_um, "dof_um")
+    lo, hi = float(np.min(true)), float(np.max(true))
+    pad = max(0.05 * (hi - lo), 0.5 * dof)
+    xs = np.array([lo - pad, hi + pad])
+    band = ax.fill_between(
+        xs, xs - dof, xs + dof, color="0.6", alpha=0.25, lw=0, label=f"±DoF ({dof:.3g} µm)"
+    )
+    (zero_line,) = ax.plot(xs, xs, color="0.5", lw=1.0, ls="--", label="zero error")
+    (points,) = ax.plot(
+        true,
+        pred,
+        marker="o",
+        ms=4,
+        lw=1.0,
+        color=color,
+        label="predicted",
+        picker=True,
+        pickradius=float(picker),
+        zorder=3,
+    )
+    current = None
+    if current_um is not None:
+        current = ax.axvline(float(current_um), color="tab:orange", lw=1.0, alpha=0.8)
+    finite = pred[np.isfinite(pred)]
+    ylo = min(float(xs[0] - dof), float(np.min(finite, initial=np.inf)))
+    yhi = max(float(xs[1] + dof), float(np.max(finite, initial=-np.inf)))
+    ax.set_xlim(float(xs[0]), float(xs[1]))
+    ax.set_ylim(ylo, yhi)
+    ax.set_xlabel("ground-truth defocus (µm)")
+    ax.set_ylabel("predicted defocus (µm)")
+    if legend:
+        ax.legend(loc="upper left", fontsize="x-small", frameon=False)
+    return DefocusCurveArtists(points=points, zero_error=zero_line, dof_band=band, current=current)
+
+
+@dataclass(frozen=True)
+class MeasureComparisonArtists:
+    """Artists created by :func:`plot_measure_comparison`.
+
+    Attributes
+    ----------
+    lines : dict of str to matplotlib.lines.Line2D
+        The normalised curve of each measure.
+    peaks : dict of str to matplotlib.lines.Line2D
+        The focal plane each measure finds: a filled circle on its curve when
+        trusted, a cross when its curve is too flat (or peaks at an edge).
+    model : matplotlib.lines.Line2D or None
+        Vertical line at the model's focal plane, if given.
+    current : matplotlib.lines.Line2D or None
+        Vertical line at the current plane, if given.
+    """
+
+    lines: dict[str, Line2D]
+    peaks: dict[str, Line2D]
+    model: Line2D | None
+    current: Line2D | None
+
+
+def plot_measure_comparison(
+    ax: Axes,
+    z_um: ArrayLike,
+    curves: Mapping[str, ArrayLike],
+    peaks_um: Mapping[str, float],
+    trusted: Mapping[str, bool],
+    *,
+    model_focus_um: float | None = None,
+    current_um: float | None = None,
+    legend: bool = True,
+) -> MeasureComparisonArtists:
+    """Draw normalised focus-measure curves with the focal plane each one finds.
+
+    Parameters
+    ----------
+    ax : matplotlib.axes.Axes
+        Axes to draw on.
+    z_um : array_like
+        Plane positions (µm).
+    curves : mapping of str to array_like
+        Measure name to its raw values (normalised here, as by
+        :func:`plot_focus_curves`).
+    peaks_um : mapping of str to float
+        Measure name to its focal-plane position (µm), e.g. the finder's
+        sub-step peak.
+    trusted : mapping of str to bool
+        Measure name to whether its answer can be trusted; untrusted ones are
+        marked with a cross and "(untrusted)" in the legend.
+    model_focus_um : float, optional
+        Where the model puts the focal plane (``z_current - defocus``).
+    current_um : float, optional
+        Position of the plane shown in the viewer.
+    legend : bool, default True
+        Add a legend.
+
+    Returns
+    -------
+    MeasureComparisonArtists
+        Curves, peak markers and the optional vertical lines.
+
+    Raises
+    ------
+    ValueError
+        As :func:`plot_focus_curves`, or if a curve has no peak or trust entry.
+    """
+    missing = [n for n in curves if n not in peaks_um or n not in trusted]
+    if missing:
+        raise ValueError(f"no peak or trust flag for measure(s) {missing}")
+    drawn = plot_focus_curves(ax, z_um, curves, normalise=True, legend=False)
+    lines = dict(zip(curves, drawn, strict=True))
+    z = _as_1d(z_um, "z_um")
+    peaks: dict[str, Line2D] = {}
+    for name, line in lines.items():
+        ok = bool(trusted[name])
+        if not ok:
+            line.set_label(f"{name} (untrusted)")
+            line.set_linestyle(":")
+        zp = float(peaks_um[name])
+        yp = float(np.interp(zp, z, line.get_ydata())) if z.size > 1 else 1.0  # type: ignore[arg-type]
+        (mark,) = ax.plot(
+            [zp],
+            [yp],
+            marker="o" if ok else "x",
+            ms=7,
+            mew=2,
+            ls="none",
+            color=line.get_color(),
+            zorder=4,
+        )
+        peaks[name] = mark
+    model = None
+    if model_focus_um is not None:
+        model = ax.axvline(
+            float(model_focus_um), color="tab:red", lw=1.5, ls="-", label="model focus"
+        )
+    current = None
+    if current_um is not None:
+        current = ax.axvline(float(current_um), color="tab:orange", lw=1.0, alpha=0.8)
+    if legend:
+        ax.legend(fontsize="x-small", frameon=False)
+    return MeasureComparisonArtists(lines=lines, peaks=peaks, model=model, current=current)
+
+
+def plot_psf_section(
+    ax: Axes,
+    x_um: ArrayLike,
+    defocus_um: ArrayLike,
+    intensity: ArrayLike,
+    *,
+    gamma: float = 0.5,
+    cmap: str = "magma",
+) -> AxesImage:
+    """Draw an XZ section of a PSF (defocus vertical, positive up).
+
+    Parameters
+    ----------
+    ax : matplotlib.axes.Axes
+        Axes to draw on.
+    x_um : array_like
+        Lateral positions of the columns (µm), evenly spaced.
+    defocus_um : array_like
+        Defocus of the rows (µm), evenly spaced and increasing.
+    intensity : array_like
+        ``(len(defocus_um), len(x_um))`` intensities.
+    gamma : float, default 0.5
+        Display ``(I / max I) ** gamma`` so the out-of-focus tails show.
+    cmap : str, default "magma"
+        Colormap.
+
+    Returns
+    -------
+    matplotlib.image.AxesImage
+        The image (data: the gamma-scaled section).
+    """
+    x = _as_1d(x_um, "x_um")
+    d = _as_1d(defocus_um, "defocus_um")
+    img = np.asarray(intensity, dtype=np.float64)
+    if img.shape != (d.size, x.size):
+        raise ValueError(f"intensity has shape {img.shape}, expected ({d.size}, {x.size})")
+    g = _positive(gamma, "gamma")
+    peak = float(np.max(img)) if img.size else 0.0
+    shown = (np.clip(img, 0.0, None) / peak) ** g if peak > 0 else np.zeros_like(img)
+    hx = 0.5 * (x[1] - x[0]) if x.size > 1 else 0.5
+    hd = 0.5 * (d[1] - d[0]) if d.size > 1 else 0.5
+    image = ax.imshow(
+        shown,
+        origin="lower",
+        aspect="auto",
+        cmap=cmap,
+        extent=(x[0] - hx, x[-1] + hx, d[0] - hd, d[-1] + hd),
+        interpolation="nearest",
+    )
+    ax.axhline(0.0, color="w", lw=0.6, ls=":")
+    ax.set_xlabel("x (µm)")
+    ax.set_ylabel("defocus (µm)")
+    return image
+
+
+def plot_psf_profiles(
+    ax: Axes,
+    x_um: ArrayLike,
+    plus: ArrayLike,
+    minus: ArrayLike,
+    *,
+    d_um: float,
+    legend: bool = True,
+) -> tuple[Line2D, Line2D]:
+    """Draw the lateral PSF profiles at ``+d`` (solid) and ``-d`` (dashed).
+
+    Parameters
+    ----------
+    ax : matplotlib.axes.Axes
+        Axes to draw on.
+    x_um : array_like
+        Lateral positions (µm).
+    plus, minus : array_like
+        Profiles at defocus ``+d`` and ``-d``, same length as `x_um`.
+    d_um : float
+        The defocus distance, for the legend.
+    legend : bool, default True
+        Add a legend.
+
+    Returns
+    -------
+    tuple of matplotlib.lines.Line2D
+        The ``+d`` and ``-d`` lines.
+    """
+    x = _as_1d(x_um, "x_um")
+    a = _as_1d(plus, "plus")
+    b = _as_1d(minus, "minus")
+    if a.shape != x.shape or b.shape != x.shape:
+        raise ValueError("plus and minus must have one value per x_um")
+    d = abs(float(d_um))
+    (lp,) = ax.plot(x, a, color="tab:blue", lw=1.5, label=f"+{d:.3g} µm")
+    (lm,) = ax.plot(x, b, color="tab:orange", lw=1.5, ls="--", label=f"−{d:.3g} µm")
+    ax.set_xlabel("x (µm)")
+    ax.set_ylabel("PSF intensity")
+    if legend:
+        ax.legend(fontsize="x-small", frameon=False)
+    return lp, lm
+
+
+def plot_asymmetry_scatter(
+    ax: Axes,
+    samples_plus: Sequence[ArrayLike],
+    samples_minus: Sequence[ArrayLike],
+    offsets_um: ArrayLike,
+    *,
+    scores: ArrayLike | None = None,
+    legend: bool = True,
+) -> list[PathCollection]:
+    """Draw pixel values at ``+d`` against ``-d`` around focus (paper's Fig. 4d).
+
+    Parameters
+    ----------
+    ax : matplotlib.axes.Axes
+        Axes to draw on.
+    samples_plus, samples_minus : sequence of array_like
+        Per offset, the pixel values of the plane at ``+d`` and at ``-d``
+        (same pixels, same length).
+    offsets_um : array_like
+        The offsets ``d`` (µm), one per pair of sample arrays.
+    scores : array_like, optional
+        Asymmetry score per offset, shown in the legend.
+    legend : bool, default True
+        Add a legend.
+
+    Returns
+    -------
+    list of matplotlib.collections.PathCollection
+        One scatter per offset. Points on the diagonal ``I(+d) = I(-d)``
+        (drawn) mean a symmetric defocus.
+    """
+    d = _as_1d(offsets_um, "offsets_um")
+    if not (len(samples_plus) == len(samples_minus) == d.size):
+        raise ValueError("need one array of samples at +d and at -d per offset")
+    sc = None if scores is None else _as_1d(scores, "scores")
+    if sc is not None and sc.shape != d.shape:
+        raise ValueError("scores must have one value per offset")
+    cmap = _viridis()
+    out: list[PathCollection] = []
+    lo, hi = np.inf, -np.inf
+    for k, (a_, b_) in enumerate(zip(samples_plus, samples_minus, strict=True)):
+        a = _as_1d(a_, "samples_plus")
+        b = _as_1d(b_, "samples_minus")
+        if a.shape != b.shape:
+            raise ValueError(f"offset {k}: samples at +d and -d differ in length")
+        label = f"d = {d[k]:.3g} µm" + ("" if sc is None else f" (A = {sc[k]:.3f})")
+        frac = k / max(d.size - 1, 1)
+        out.append(ax.scatter(b, a, s=3, alpha=0.4, color=cmap(frac), linewidths=0, label=label))
+        if a.size:
+            lo = min(lo, float(a.min()), float(b.min()))
+            hi = max(hi, float(a.max()), float(b.max()))
+    if np.isfinite(lo) and np.isfinite(hi):
+        ax.plot([lo, hi], [lo, hi], color="0.5", lw=1.0, ls="--")
+    ax.set_xlabel("pixel value at −d")
+    ax.set_ylabel("pixel value at +d")
+    if legend and out:
+        ax.legend(fontsize="x-small", frameon=False, markerscale=3)
+    return out
+
+
+def _viridis() -> Any:
+    from matplotlib import colormaps
+
+    return colormaps["viridis"]
