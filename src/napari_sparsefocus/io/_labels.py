@@ -39,6 +39,7 @@ __all__ = [
     "LabelFile",
     "LabelFileError",
     "StackLabel",
+    "backup_label_file",
     "labels_from_simulated",
     "read_labels",
     "write_labels",
@@ -476,6 +477,35 @@ def _backup_path(target: Path) -> Path:
         candidate = target.with_name(f"{target.name}.bak-{stamp}-{n}")
         n += 1
     return candidate
+
+
+def backup_label_file(path: str | os.PathLike[str]) -> Path:
+    """Copy a file to ``<name>.bak-<YYYYmmddTHHMMSS>`` next to it, atomically.
+
+    The same backup :func:`write_labels` makes of a file it cannot read;
+    use it to keep an unreadable label file before starting afresh.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file to back up.
+
+    Returns
+    -------
+    Path
+        The backup (an existing backup is never overwritten).
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` is not a file.
+    """
+    target = Path(path)
+    if not target.is_file():
+        raise FileNotFoundError(f"{target}: no such file")
+    backup = _backup_path(target)
+    _atomic_write_bytes(backup, target.read_bytes())
+    return backup
 
 
 def write_labels(path: str | os.PathLike[str], labels: LabelFile, *, backup: bool = True) -> Path:
