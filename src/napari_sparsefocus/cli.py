@@ -228,6 +228,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    if not args.text:
+        from ._demo import run_demo
+
+        return run_demo()
     from .core import Optics, simulate_stack
 
     optics = Optics()
@@ -404,7 +408,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mb.set_defaults(func=_cmd_make_bank)
 
-    d = sub.add_parser("demo", help="simulate dense and extremely sparse stacks and analyse them")
+    d = sub.add_parser(
+        "demo",
+        help="open napari with the sample stack, the bundled model and the analysis widgets "
+        "(--text: print a focus analysis of simulated stacks instead)",
+    )
+    d.add_argument("--text", action="store_true", help="no window: print the focus analysis")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--size", type=int, default=2016)
     d.set_defaults(func=_cmd_demo)
