@@ -28,11 +28,11 @@ wait
 
 # 2. the patch networks: same bank, steps, batch, schedule and output scale
 patch_net() {
-    $SF train --network "$1" --data "$RUNS/bank" --steps "$STEPS" --batch-size 32 --lr 1e-3 \
+    $SF train --network "$1" --data "$RUNS/bank" --steps "$STEPS" --batch-size 32 --lr "${LR:-1e-3}" \
         --lr-schedule cosine --seed 0 --num-threads 1 --checkpoint-every 100 --no-progress \
         --network-config "$2" --out-dir "$RUNS/$1" > "$RUNS/$1.log" 2>&1
 }
-patch_net dpn '{"output_scale_um": 10.0, "layer_scale_init": 0.1, "colour_sharpness_scales": [1, 2, 4, 8, 16]}' &
+LR=5e-4 patch_net dpn '{"output_scale_um": 10.0, "layer_scale_init": 0.1, "colour_sharpness_scales": [1, 2, 4, 8, 16], "sign_magnitude_head": true}' &
 patch_net liao '{"output_scale_um": 10.0}' &
 wait
 patch_net jiang '{"output_scale_um": 10.0}' &

@@ -489,3 +489,20 @@ def test_dpn_colour_branch_descriptor_is_a_chromatic_sharpness_measure():
         net.forward_head(net.forward_features(torch.rand(1, 3, 64, 64)))
     with pytest.raises(ValueError, match="colour_sharpness_scales"):
         DPNConfig(colour_sharpness_scales=(0,))
+
+
+def test_dpn_sign_magnitude_head_multiplies_magnitude_and_side():
+    from napari_sparsefocus.core.nn import DefocusPredictionNetwork, DPNConfig
+
+    cfg = DPNConfig(
+        dims=(8, 16, 16, 32), depths=(1, 1, 1, 1), sign_magnitude_head=True, output_scale_um=10.0
+    )
+    net = DefocusPredictionNetwork(cfg).eval()
+    with torch.no_grad():
+        net.fc.weight.zero_()
+        net.fc.bias.copy_(torch.tensor([1.0, -0.5]))  # (a, b)
+    out = net(torch.rand(3, 3, 64, 64))
+    want = 10.0 * np.log1p(np.e) * np.tanh(-0.5)
+    assert torch.allclose(out, torch.full((3,), want, dtype=out.dtype), atol=1e-5)
+    with pytest.raises(ValueError, match="sign_magnitude_head"):
+        DPNConfig(sign_magnitude_head=1)

@@ -321,6 +321,11 @@ class DPNConfig(NetworkConfig):
         chromatic aberration the sharper channel tells the side of focus.
     colour_sharpness_hidden : int
         Width of that MLP.
+    sign_magnitude_head : bool
+        Regress ``softplus(a) · tanh(b)`` from two outputs ``(a, b)`` instead
+        of one linear output: the magnitude and the side of focus are learned
+        by separate units and multiplied, which a linear layer over summed
+        features cannot express (False: the paper's linear head).
     """
 
     in_chans: int = 3
@@ -335,6 +340,7 @@ class DPNConfig(NetworkConfig):
     output_scale_um: float = 1.0
     colour_sharpness_scales: tuple[int, ...] = ()
     colour_sharpness_hidden: int = 64
+    sign_magnitude_head: bool = False
 
     def _validate(self) -> None:
         self._int("in_chans")
@@ -343,6 +349,8 @@ class DPNConfig(NetworkConfig):
         if self.colour_sharpness_scales:
             self._int_tuple("colour_sharpness_scales", lo=1)
         self._int("colour_sharpness_hidden")
+        if not isinstance(self.sign_magnitude_head, bool):
+            self._fail("sign_magnitude_head", "a bool")
         self._int_tuple("depths", lo=0)
         if len(self.dims) != len(self.depths):
             self._fail("depths", f"as long as dims ({len(self.dims)} stages)")

@@ -110,7 +110,7 @@ class DefocusPredictionNetwork(Regressor):
     norm : torch.nn.LayerNorm
         After global max pooling.
     fc : torch.nn.Linear
-        Regression layer to one output.
+        Regression layer to one output (two with ``sign_magnitude_head``).
 
     Notes
     -----
@@ -164,7 +164,7 @@ class DefocusPredictionNetwork(Regressor):
                 cfg.in_chans, cfg.colour_sharpness_scales, cfg.colour_sharpness_hidden
             )
             extra = self.colour.num_features
-        self.fc = nn.Linear(dims[-1] + extra, 1)
+        self.fc = nn.Linear(dims[-1] + extra, 2 if cfg.sign_magnitude_head else 1)
         init_convnext_(self)
 
     @property
@@ -235,5 +235,10 @@ class DefocusPredictionNetwork(Regressor):
         x = self.head_drop(x)
         if pre_logits:
             return x
-        out: Tensor = self.fc(x).squeeze(-1) * self.config.output_scale_um  # (N,)
+        y = self.fc(x)  # (N, 1) or (N, 2)
+        if self.config.sign_magnitude_head:
+            y = F.softplus(y[:, 0]) * torch.tanh(y[:, 1])  # (N,)
+        else:
+            y = y.squeeze(-1)
+        out: Tensor = y * self.config.output_scale_um  # (N,)
         return out
