@@ -165,6 +165,9 @@ class DefocusPredictionNetwork(Regressor):
             )
             extra = self.colour.num_features
         self.fc = nn.Linear(dims[-1] + extra, 2 if cfg.sign_magnitude_head else 1)
+        #: ``(|defocus| µm, side-of-focus logit)`` of the last forward pass with the
+        #: sign-magnitude head, for the auxiliary training losses (see ``compute_loss``).
+        self.last_head_parts: tuple[Tensor, Tensor] | None = None
         init_convnext_(self)
 
     @property
@@ -237,7 +240,9 @@ class DefocusPredictionNetwork(Regressor):
             return x
         y = self.fc(x)  # (N, 1) or (N, 2)
         if self.config.sign_magnitude_head:
-            y = F.softplus(y[:, 0]) * torch.tanh(y[:, 1])  # (N,)
+            magnitude = F.softplus(y[:, 0])  # (N,)
+            self.last_head_parts = (magnitude * self.config.output_scale_um, y[:, 1])
+            y = magnitude * torch.tanh(y[:, 1])  # (N,)
         else:
             y = y.squeeze(-1)
         out: Tensor = y * self.config.output_scale_um  # (N,)

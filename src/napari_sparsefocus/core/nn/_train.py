@@ -434,7 +434,9 @@ def compute_loss(
     -------
     torch.Tensor
         Scalar loss: BCE-with-logits for the RIN, mean squared error in µm²
-        for the others.
+        for the others; a DPN with the sign-magnitude head adds the L2 of its
+        magnitude against ``|defocus|`` and 10 × the BCE of its side-of-focus
+        logit against ``defocus > 0``.
     """
     out = model(inputs)
     if network == "rin":
@@ -443,7 +445,19 @@ def compute_loss(
                 f"RIN output {tuple(out.shape)} does not match the targets {tuple(targets.shape)}"
             )
         return F.binary_cross_entropy_with_logits(out, targets)
-    return F.mse_loss(out.reshape(targets.shape), targets)
+    loss = F.mse_loss(out.reshape(targets.shape), targets)
+    parts = getattr(_unwrap(model), "last_head_parts", None)
+    if parts is not None:
+        # sign-magnitude head: the signed L2 alone has a saddle at "predict 0" while the
+        # side of focus is unknown; the magnitude's own L2 and a side-of-focus BCE
+        # (weighted like a µm² error of 1 DoF-ish scale) give both factors a direct signal
+        magnitude, side_logit = parts
+        loss = loss + F.mse_loss(magnitude.reshape(targets.shape), targets.abs())
+        side = (targets > 0).to(side_logit.dtype)
+        loss = loss + 10.0 * F.binary_cross_entropy_with_logits(
+            side_logit.reshape(targets.shape), side
+        )
+    return loss
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

@@ -1,0 +1,102 @@
+"""Make the user-guide screenshots in docs/images/ (napari under Xvfb, bundled model).
+
+Run: ``xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python scripts/make-screenshots.py``
+(it re-runs itself under xvfb-run when no display is set).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "docs" / "images"
+
+
+def _xvfb() -> None:
+    if os.environ.get("DISPLAY") or os.environ.get("_SF_SHOTS_XVFB"):
+        return
+    exe = shutil.which("xvfb-run")
+    if exe is None:
+        raise SystemExit("no display and no xvfb-run (apt-get install xvfb xauth)")
+    env = {**os.environ, "_SF_SHOTS_XVFB": "1"}
+    env.pop("QT_QPA_PLATFORM", None)
+    raise SystemExit(
+        subprocess.call(
+            [exe, "-a", "-s", "-screen 0 1600x1000x24", sys.executable, *sys.argv], env=env
+        )
+    )
+
+
+def main() -> None:
+    _xvfb()
+    import torch
+    from qtpy.QtWidgets import QApplication
+
+    from napari_sparsefocus._demo import build_demo_viewer
+    from napari_sparsefocus.io import write_stack
+
+    torch.set_num_threads(2)
+    OUT.mkdir(parents=True, exist_ok=True)
+    app = QApplication.instance() or QApplication([])
+
+    def wait(cond, timeout_s=600.0):
+        t0 = time.perf_counter()
+        while not cond():
+            app.processEvents()
+            time.sleep(0.01)
+            if time.perf_counter() - t0 > timeout_s:
+                raise TimeoutError
+
+    def settle(seconds=1.0):
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            app.processEvents()
+            time.sleep(0.01)
+
+    viewer, widgets = build_demo_viewer()
+    viewer.window.resize(1500, 950)
+    analysis = widgets["Focus analysis"]
+    wait(lambda: analysis.prediction is not None and not analysis.busy)
+    settle()
+    viewer.screenshot(str(OUT / "focus-analysis.png"), canvas_only=False)
+    shots = {
+        "Focus curves": "focus-curves.png",
+        "Focus measures": "focus-measures.png",
+        "PSF asymmetry": "psf-asymmetry.png",
+    }
+    for name, file in shots.items():
+        w = widgets[name]
+        w.run()
+        settle(0.5)
+        wait(lambda w=w: not getattr(w, "is_running", lambda: False)())
+        w.parentWidget().raise_()
+        settle()
+        w.grab().save(str(OUT / file))
+        print("wrote", OUT / file)
+
+    # label correction on a stack written to a real OME-TIFF
+    layer = viewer.layers[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "sparse_cells.ome.tif"
+        px = float(layer.scale[-1])
+        write_stack(path, layer.data, z_step_um=float(layer.scale[0]), pixel_size_um=px, rgb=True)
+        labels = widgets["Label correction"]
+        labels.open(path)
+        wait(lambda: not labels.busy)
+        labels.set_focal_plane_here()
+        settle()
+        labels.parentWidget().raise_()
+        settle()
+        viewer.screenshot(str(OUT / "label-correction.png"), canvas_only=False)
+    print("wrote", OUT)
+    viewer.close()
+
+
+if __name__ == "__main__":
+    main()
