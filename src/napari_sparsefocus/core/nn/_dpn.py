@@ -16,9 +16,9 @@ loaded the machine).
 
 Chromatic-sharpness branch (an addition to the paper, off by default, on in
 the bundled model): per colour channel and scale, the log gradient energy of
-the patch, plus each channel's log variance, go through BatchNorm and a
-two-layer MLP whose output joins the pooled DFENet features before the
-regression layer. With axial chromatic aberration the red channel is the
+the patch, plus each channel's log variance, go through BatchNorm; they and a
+two-layer MLP of them join the pooled DFENet features before the regression
+layer. With axial chromatic aberration the red channel is the
 sharper one on one side of focus and the blue on the other; a CNN can learn
 that comparison from pixels, but on a 2-core CPU budget the DFENet alone did
 not (its sign accuracy stayed at chance after 16 k patches), while this
@@ -67,7 +67,17 @@ class ChromaticSharpness(nn.Module):
         self.mlp = nn.Sequential(
             nn.Linear(n, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU()
         )
-        self.num_features = hidden
+        self.num_features = hidden + n
+
+    def reset_parameters(self) -> None:
+        """PyTorch's default (Kaiming-uniform) initialisation of the MLP.
+
+        The ConvNeXt scheme (std 0.02) suits the residual trunk, but makes
+        this small side MLP start almost silent.
+        """
+        for m in self.mlp:
+            if isinstance(m, nn.Linear):
+                m.reset_parameters()
 
     def descriptor(self, x: Tensor) -> Tensor:
         """Return the ``(N, in_chans · (len(scales) + 1))`` log-sharpness descriptor."""
@@ -82,8 +92,9 @@ class ChromaticSharpness(nn.Module):
         return torch.cat(feats, dim=1)
 
     def forward(self, x: Tensor) -> Tensor:
-        """Return ``(N, hidden)`` features of the image batch ``x`` ``(N, C, H, W)``."""
-        out: Tensor = self.mlp(self.norm(self.descriptor(x)))
+        """Return ``(N, hidden + n)`` features of ``x``: the MLP and the normalised descriptor."""
+        d = self.norm(self.descriptor(x))  # (N, n)
+        out: Tensor = torch.cat([self.mlp(d), d], dim=1)
         return out
 
 
@@ -165,10 +176,12 @@ class DefocusPredictionNetwork(Regressor):
             )
             extra = self.colour.num_features
         self.fc = nn.Linear(dims[-1] + extra, 2 if cfg.sign_magnitude_head else 1)
+        init_convnext_(self)
+        if self.colour is not None:
+            self.colour.reset_parameters()
         #: ``(|defocus| µm, side-of-focus logit)`` of the last forward pass with the
         #: sign-magnitude head, for the auxiliary training losses (see ``compute_loss``).
         self.last_head_parts: tuple[Tensor, Tensor] | None = None
-        init_convnext_(self)
 
     @property
     def min_input_size(self) -> int:
@@ -221,7 +234,7 @@ class DefocusPredictionNetwork(Regressor):
         pre_logits : bool
             Return the normalised pooled features ``(N, C)`` instead.
         colour : torch.Tensor, optional
-            ``(N, hidden)`` chromatic-sharpness features, required when the
+            ``(N, hidden + n)`` chromatic-sharpness features, required when the
             network has that branch.
 
         Returns
