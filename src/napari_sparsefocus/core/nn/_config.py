@@ -322,7 +322,7 @@ class DPNConfig(NetworkConfig):
     colour_sharpness_hidden : int
         Width of that MLP.
     sign_magnitude_head : bool
-        Regress ``softplus(a) · tanh(b)`` from two outputs ``(a, b)`` instead
+        Regress ``softplus(a) · tanh(b / 2)`` from two outputs ``(a, b)`` instead
         of one linear output: the magnitude and the side of focus are learned
         by separate units and multiplied, which a linear layer over summed
         features cannot express (False: the paper's linear head).

@@ -103,6 +103,8 @@ _PATCH_PX = 224
 _RIN_INPUT_PX = 512
 # seed-stream tags (distinct from the data streams' tags)
 _TAG_TORCH, _TAG_AUG = 201, 202
+#: Weight (µm²) of the side-of-focus BCE of a sign-magnitude DPN.
+SIDE_LOSS_WEIGHT = 10.0
 #: Learning-rate schedules of :class:`TrainConfig`.
 LR_SCHEDULES = ("constant", "cosine")
 # fields that must agree between a checkpoint and the run resuming from it
@@ -434,9 +436,9 @@ def compute_loss(
     -------
     torch.Tensor
         Scalar loss: BCE-with-logits for the RIN, mean squared error in µm²
-        for the others; a DPN with the sign-magnitude head adds the L2 of its
-        magnitude against ``|defocus|`` and 10 × the BCE of its side-of-focus
-        logit against ``defocus > 0``.
+        for the others; for a DPN with the sign-magnitude head, the L2 of its
+        magnitude against ``|defocus|`` plus :data:`SIDE_LOSS_WEIGHT` × the
+        BCE of its side-of-focus logit against ``defocus > 0``.
     """
     out = model(inputs)
     if network == "rin":
@@ -445,19 +447,20 @@ def compute_loss(
                 f"RIN output {tuple(out.shape)} does not match the targets {tuple(targets.shape)}"
             )
         return F.binary_cross_entropy_with_logits(out, targets)
-    loss = F.mse_loss(out.reshape(targets.shape), targets)
     parts = getattr(_unwrap(model), "last_head_parts", None)
-    if parts is not None:
-        # sign-magnitude head: the signed L2 alone has a saddle at "predict 0" while the
-        # side of focus is unknown; the magnitude's own L2 and a side-of-focus BCE
-        # (weighted like a µm² error of 1 DoF-ish scale) give both factors a direct signal
-        magnitude, side_logit = parts
-        loss = loss + F.mse_loss(magnitude.reshape(targets.shape), targets.abs())
-        side = (targets > 0).to(side_logit.dtype)
-        loss = loss + 10.0 * F.binary_cross_entropy_with_logits(
-            side_logit.reshape(targets.shape), side
-        )
-    return loss
+    if parts is None:
+        return F.mse_loss(out.reshape(targets.shape), targets)
+    # sign-magnitude head: the signed L2 has a saddle at "predict 0" while the side of
+    # focus is unknown, and its gradient on the side is dominated by far-from-focus
+    # patches whose side is barely visible. The magnitude gets its own L2 and the side
+    # a BCE, every patch weighing alike; the output m·tanh(b/2) = m·(2σ(b) − 1) is
+    # then the posterior mean of the signed defocus.
+    magnitude, side_logit = parts
+    side = (targets > 0).to(side_logit.dtype)
+    return F.mse_loss(magnitude.reshape(targets.shape), targets.abs()) + (
+        SIDE_LOSS_WEIGHT
+        * F.binary_cross_entropy_with_logits(side_logit.reshape(targets.shape), side)
+    )
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
