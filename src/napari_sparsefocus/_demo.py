@@ -107,14 +107,9 @@ def build_demo_viewer(
     return viewer, widgets
 
 
-def run_demo() -> int:
-    """Run the demo's event loop; return an exit status (2: no display)."""
-    why = missing_display()
-    if why is not None:
-        print(f"sparsefocus demo: {why}", file=sys.stderr)
-        return 2
+def run_demo() -> None:
+    """Open the demo viewer and run napari's event loop (check :func:`missing_display` first)."""
     import napari
 
     build_demo_viewer()
     napari.run()
-    return 0

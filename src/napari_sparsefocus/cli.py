@@ -229,9 +229,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     if not args.text:
-        from ._demo import run_demo
+        from ._demo import missing_display, run_demo
 
-        return run_demo()
+        why = missing_display()
+        if why is not None:
+            print(f"sparsefocus demo: {why}", file=sys.stderr)
+            return 2
+        run_demo()
+        return 0
     from .core import Optics, simulate_stack
 
     optics = Optics()
