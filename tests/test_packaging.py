@@ -53,3 +53,11 @@ def test_wheel_contains_io_modules(wheel: Path) -> None:
         names = set(zf.namelist())
     for module in ("__init__", "_tiff", "_napari", "_sample_data"):
         assert f"napari_sparsefocus/io/{module}.py" in names
+
+
+def test_wheel_ships_the_bundled_models(wheel: Path) -> None:
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+    for stem in ("default", "baselines/liao", "baselines/jiang", "baselines/dastidar"):
+        for ext in ("json", "safetensors"):
+            assert f"napari_sparsefocus/models/{stem}.{ext}" in names

@@ -502,7 +502,7 @@ def test_dpn_sign_magnitude_head_multiplies_magnitude_and_side():
         net.fc.weight.zero_()
         net.fc.bias.copy_(torch.tensor([1.0, -0.5]))  # (a, b)
     out = net(torch.rand(3, 3, 64, 64))
-    want = 10.0 * np.log1p(np.e) * np.tanh(-0.25)  # softplus(a) tanh(b / 2)
+    want = 10.0 * np.log1p(np.e) * np.tanh(2.0 * -0.5)  # softplus(a) tanh(side_gain b)
     assert torch.allclose(out, torch.full((3,), want, dtype=out.dtype), atol=1e-5)
     with pytest.raises(ValueError, match="sign_magnitude_head"):
         DPNConfig(sign_magnitude_head=1)

@@ -322,10 +322,16 @@ class DPNConfig(NetworkConfig):
     colour_sharpness_hidden : int
         Width of that MLP.
     sign_magnitude_head : bool
-        Regress ``softplus(a) · tanh(b / 2)`` from two outputs ``(a, b)`` instead
-        of one linear output: the magnitude and the side of focus are learned
-        by separate units and multiplied, which a linear layer over summed
-        features cannot express (False: the paper's linear head).
+        Regress ``softplus(a) · tanh(side_gain · b)`` from two outputs ``(a, b)``
+        instead of one linear output: the magnitude and the side of focus
+        (logit ``b``) are learned by separate units and multiplied, which a
+        linear layer over summed features cannot express (False: the paper's
+        linear head).
+    side_gain : float
+        ``0.5`` makes the output the posterior mean ``m (2σ(b) − 1)``; larger
+        values commit each patch to its likelier side, so the median over the
+        selected patches acts as a vote on the side (default 2: lower patch
+        and frame errors than 0.5 on held-out patches beyond 1 µm).
     """
 
     in_chans: int = 3
@@ -341,6 +347,7 @@ class DPNConfig(NetworkConfig):
     colour_sharpness_scales: tuple[int, ...] = ()
     colour_sharpness_hidden: int = 64
     sign_magnitude_head: bool = False
+    side_gain: float = 2.0
 
     def _validate(self) -> None:
         self._int("in_chans")
@@ -351,6 +358,7 @@ class DPNConfig(NetworkConfig):
         self._int("colour_sharpness_hidden")
         if not isinstance(self.sign_magnitude_head, bool):
             self._fail("sign_magnitude_head", "a bool")
+        self._float("side_gain", 0.0, 100.0, lo_open=True)
         self._int_tuple("depths", lo=0)
         if len(self.dims) != len(self.depths):
             self._fail("depths", f"as long as dims ({len(self.dims)} stages)")

@@ -255,7 +255,7 @@ class DefocusPredictionNetwork(Regressor):
         if self.config.sign_magnitude_head:
             magnitude = F.softplus(y[:, 0])  # (N,)
             self.last_head_parts = (magnitude * self.config.output_scale_um, y[:, 1])
-            y = magnitude * torch.tanh(0.5 * y[:, 1])  # (N,) = m (2σ(b) − 1)
+            y = magnitude * torch.tanh(self.config.side_gain * y[:, 1])  # (N,)
         else:
             y = y.squeeze(-1)
         out: Tensor = y * self.config.output_scale_um  # (N,)

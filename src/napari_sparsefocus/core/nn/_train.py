@@ -453,8 +453,7 @@ def compute_loss(
     # sign-magnitude head: the signed L2 has a saddle at "predict 0" while the side of
     # focus is unknown, and its gradient on the side is dominated by far-from-focus
     # patches whose side is barely visible. The magnitude gets its own L2 and the side
-    # a BCE, every patch weighing alike; the output m·tanh(b/2) = m·(2σ(b) − 1) is
-    # then the posterior mean of the signed defocus.
+    # a BCE, every patch weighing alike (the output m·tanh(side_gain·b) combines them).
     magnitude, side_logit = parts
     side = (targets > 0).to(side_logit.dtype)
     return F.mse_loss(magnitude.reshape(targets.shape), targets.abs()) + (
