@@ -42,8 +42,11 @@ patch_net jiang '{"output_scale_um": 10.0}' &
 STEPS=$((STEPS * 3 / 10)) patch_net dastidar '{"output_scale_um": 10.0}' &
 wait
 
-# 3. bundle: the pipeline and the baselines inside the package
-$SF combine-model "$RUNS/rin/rin.json" "$RUNS/dpn/dpn.json" "$MODELS/default"
+# 3. calibrate the DPN's side-of-focus logit on a train-split bank of its own seed,
+#    then bundle the pipeline and the baselines inside the package
+$SF make-bank "$RUNS/calbank" --pairs 512 --seed 2 --near-fraction 0.0 --shard-pairs 256
+$PY scripts/calibrate-side.py "$RUNS/dpn/dpn.json" "$RUNS/calbank" "$RUNS/dpn/dpn_cal"
+$SF combine-model "$RUNS/rin/rin.json" "$RUNS/dpn/dpn_cal.json" "$MODELS/default"
 mkdir -p "$MODELS/baselines"
 for net in liao jiang dastidar; do
     cp "$RUNS/$net/$net.json" "$RUNS/$net/$net.safetensors" "$MODELS/baselines/"

@@ -1,0 +1,67 @@
+"""The bundled default model: present, safe to load, and right about the sign on held-out stacks."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from napari_sparsefocus import Optics, load_model, simulate_stack
+from napari_sparsefocus.core.nn._inference import BUNDLED_MODEL_DIR, bundled_baseline_paths
+
+# planes clearly out of focus on both sides (the DoF is 1.17 µm)
+Z_UM = (-8.0, -5.0, -3.0, 3.0, 5.0, 8.0)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.set_num_threads(2)
+    return load_model()
+
+
+def test_bundled_files_are_small_safe_and_describe_their_training(model):
+    files = sorted(BUNDLED_MODEL_DIR.rglob("*.safetensors"))
+    assert files, "no bundled weights"
+    assert sum(f.stat().st_size for f in files) <= 25 * 2**20
+    cfg = json.loads((BUNDLED_MODEL_DIR / "default.json").read_text())
+    assert cfg["architecture"] == "sparsefocus"
+    assert model.optics == Optics()
+    assert set(bundled_baseline_paths()) == {"Liao", "Jiang", "Dastidar"}
+
+
+@pytest.mark.parametrize("kind", ["cell", "tissue"])
+def test_sign_is_right_on_fresh_held_out_dense_stacks(model, kind):
+    # test-split seeds are disjoint from every training seed by construction
+    preds = _check_signs(model, kind, "dense", Z_UM)
+    # on dense content the magnitude is right too (within 2 µm at these distances)
+    assert np.all(np.abs(np.abs(preds) - np.abs(Z_UM)) < 2.0), preds
+
+
+@pytest.mark.parametrize("kind", ["cell", "tissue"])
+@pytest.mark.parametrize("sparsity", ["sparse", "extremely_sparse"])
+def test_sign_is_right_above_focus_on_fresh_held_out_sparse_stacks(model, kind, sparsity):
+    # Below focus the bundled model still misjudges the side on some sparse planes
+    # (see docs/evaluation/report.md): this guards what holds today.
+    _check_signs(model, kind, sparsity, (5.0, 8.0))
+
+
+def _check_signs(model, kind, sparsity, z_um):
+    stack = simulate_stack(kind, sparsity, z_um=z_um, shape_px=(2016, 2016), seed=77, split="test")
+    preds = [model.predict(img) for img in stack.images]
+    assert all(p.defocus_um is not None for p in preds), [p.verdict for p in preds]
+    got = np.sign([p.defocus_um for p in preds])
+    assert np.array_equal(got, np.sign(stack.defocus_um)), (
+        f"{kind}/{sparsity}: predicted {[round(p.defocus_um, 2) for p in preds]} "
+        f"for {list(stack.defocus_um)}"
+    )
+    return np.array([p.defocus_um for p in preds])
+
+
+def test_empty_field_abstains(model):
+    stack = simulate_stack(
+        "cell", "empty", z_um=(0.0,), shape_px=(2016, 2016), seed=3, split="test"
+    )
+    p = model.predict(stack.images[0])
+    assert p.defocus_um is None and p.verdict == "no usable content"
