@@ -503,7 +503,9 @@ class FocusAnalysisWidget(QWidget):
             stack,
             prefix,
             kwargs,
-            _progress={"total": n, "desc": f"SparseFocus: {layer.name}"},
+            # progress shows in this widget's own bar: napari's activity-dock bar (the
+            # `_progress` option) costs the GUI thread ~30 ms per plane and ~150 ms to
+            # create under software OpenGL (benchmarks/bench_gui.py)
             _start_thread=False,
             _connect={"errored": self._on_worker_error},
         )
@@ -530,6 +532,13 @@ class FocusAnalysisWidget(QWidget):
         if source[1] == self._data_version:
             self._cache[(source, settings, plane)] = pred
         self.progress.setValue(self.progress.value() + 1)
+        shown = self.prediction
+        if (
+            tuple(plane) == self.shown_plane
+            and shown is not None
+            and (shown.defocus_um, shown.patches) == (pred.defocus_um, pred.patches)
+        ):
+            return  # the overlay already shows this answer: no redundant layer update
         self._apply_if_current(source, settings, plane, pred)
 
     def _on_stack_finished(self, worker: Any) -> None:
