@@ -79,21 +79,15 @@ def _draw_defocus(
 
 
 def _render_shard(
-    index: int,
-    n_pairs: int,
-    *,
-    optics: Optics,
-    seed: int,
-    defocus_range_um: tuple[float, float],
-    delta_um: float,
-    near_um: float,
-    near_fraction: float,
-    kinds: Sequence[str],
-    planes_per_region: int,
-    split: str,
+    index: int, n_pairs: int, meta: dict[str, Any], optics: Optics
 ) -> dict[str, NDArray[Any]]:
+    """Render shard ``index`` of the bank described by ``meta`` (see :func:`_bank_meta`)."""
+    seed, split = int(meta["seed"]), str(meta["split"])
+    lo, hi = meta["defocus_range_um"]
+    delta_um, near_um = float(meta["delta_um"]), float(meta["near_um"])
+    near_fraction, planes_per_region = float(meta["near_fraction"]), int(meta["planes_per_region"])
+    kinds = tuple(meta["kinds"])
     rng = np.random.default_rng(derive_seed(seed, _TAG_BANK, index))
-    lo, hi = defocus_range_um
     p = _PATCH_PX
     a_list: list[NDArray[Any]] = []
     b_list: list[NDArray[Any]] = []
@@ -276,19 +270,7 @@ def iter_write_patch_bank(
         final = out / f"shard_{s:05d}"
         size = min(shard_pairs, n_pairs - s * shard_pairs)
         if not final.exists():
-            arrays = _render_shard(
-                s,
-                size,
-                optics=optics,
-                seed=seed,
-                defocus_range_um=(lo, hi),
-                delta_um=delta_um,
-                near_um=near_um,
-                near_fraction=near_fraction,
-                kinds=kinds,
-                planes_per_region=planes_per_region,
-                split=split,
-            )
+            arrays = _render_shard(s, size, meta, optics)
             tmp_dir = out / f".shard_{s:05d}.{os.getpid()}.tmp"
             shutil.rmtree(tmp_dir, ignore_errors=True)
             tmp_dir.mkdir()
