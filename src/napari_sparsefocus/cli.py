@@ -276,6 +276,8 @@ def _cmd_make_bank(args: argparse.Namespace) -> int:
         near_fraction=args.near_fraction,
         shard_pairs=args.shard_pairs,
         part=tuple(args.part),
+        levels=tuple(args.levels),
+        max_patches_per_plane=args.max_patches_per_plane,
     )
     for p in gen:
         log.info(
@@ -402,6 +404,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="share of pairs drawn within ±near-um of focus",
     )
     mb.add_argument("--shard-pairs", type=int, default=512)
+    mb.add_argument(
+        "--levels",
+        nargs="+",
+        default=("dense", "sparse", "extremely_sparse"),
+        help="sparsity levels of the fields, drawn uniformly (repeat one to weight it)",
+    )
+    mb.add_argument(
+        "--max-patches-per-plane",
+        type=int,
+        default=None,
+        help="keep at most this many content patches per rendered plane (balances sparsity)",
+    )
     mb.add_argument("--optics", help="Optics fields as JSON, or @file.json")
     mb.add_argument(
         "--part",

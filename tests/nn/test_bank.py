@@ -52,6 +52,8 @@ def test_bank_holds_labelled_pairs_in_range(bank_dir):
     assert np.corrcoef(a.astype(float).ravel(), b.astype(float).ravel())[0, 1] > 0.3
     meta = json.loads((bank_dir / "bank.json").read_text())
     assert meta["n_shards"] == 3
+    # default levels and no cap are not recorded: banks written before those options stay valid
+    assert "levels" not in meta and "max_patches_per_plane" not in meta
 
 
 def test_parts_and_resume_give_the_same_bank(bank_dir, tmp_path):
@@ -136,3 +138,21 @@ def test_training_reads_a_bank_and_refuses_it_for_the_rin(bank_dir, tmp_path):
     )
     with pytest.raises(ValueError, match="other optics"):
         train(other)
+
+
+def test_levels_and_cap_balance_what_a_bank_holds(tmp_path):
+    kw = {**KW, "shard_pairs": 6}
+    # a dense 3 x 3 field gives nine content patches per rendered plane: pairs share a defocus
+    dense = PatchBank(write_patch_bank(tmp_path / "dense", 6, levels=("dense",), **kw))
+    assert len(np.unique(dense.defocus_um)) < 6
+    # capped at one patch per plane, every pair comes from its own plane
+    capped = PatchBank(
+        write_patch_bank(tmp_path / "capped", 6, levels=("dense",), max_patches_per_plane=1, **kw)
+    )
+    assert len(np.unique(capped.defocus_um)) == 6
+    meta = json.loads((tmp_path / "capped" / "bank.json").read_text())
+    assert meta["levels"] == ["dense"] and meta["max_patches_per_plane"] == 1
+    with pytest.raises(ValueError, match="level must be one of"):
+        write_patch_bank(tmp_path / "bad", 6, levels=("thick",), **kw)
+    with pytest.raises(ValueError, match="max_patches_per_plane"):
+        write_patch_bank(tmp_path / "bad2", 6, max_patches_per_plane=0, **kw)

@@ -58,6 +58,7 @@ BANK_FORMAT = "napari-sparsefocus-patch-bank"
 _BANK_VERSION = 1
 _PATCH_PX = 224
 _TAG_BANK, _TAG_BANK_STREAM = 105, 106
+_LEVELS = ("dense", "sparse", "extremely_sparse")
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,8 @@ def _render_shard(
     delta_um, near_um = float(meta["delta_um"]), float(meta["near_um"])
     near_fraction, planes_per_region = float(meta["near_fraction"]), int(meta["planes_per_region"])
     kinds = tuple(meta["kinds"])
+    levels = tuple(meta.get("levels", _LEVELS))
+    cap = meta.get("max_patches_per_plane")
     rng = np.random.default_rng(derive_seed(seed, _TAG_BANK, index))
     p = _PATCH_PX
     a_list: list[NDArray[Any]] = []
@@ -95,7 +98,7 @@ def _render_shard(
     k_list: list[int] = []
     while len(d_list) < n_pairs:
         k = int(rng.integers(len(kinds)))
-        level = ("dense", "sparse", "extremely_sparse")[int(rng.integers(3))]
+        level = levels[int(rng.integers(len(levels)))]
         fld = simulate_field(
             kinds[k],
             level,
@@ -107,6 +110,8 @@ def _render_shard(
         cells = np.argwhere(fld.importance > 0.5)
         if len(cells) == 0:
             continue
+        if cap is not None and len(cells) > int(cap):
+            cells = cells[np.sort(rng.choice(len(cells), size=int(cap), replace=False))]
         for _ in range(planes_per_region):
             d = _draw_defocus(rng, lo, hi - delta_um, near_um, near_fraction)
             a = fld.snap_defocus(d, rng=rng)
@@ -141,7 +146,15 @@ def _bank_meta(
     kinds: Sequence[str],
     planes_per_region: int,
     split: str,
+    levels: Sequence[str] = ("dense", "sparse", "extremely_sparse"),
+    max_patches_per_plane: int | None = None,
 ) -> dict[str, Any]:
+    extra: dict[str, Any] = {}
+    # recorded only when not the default, so banks written before these options stay valid
+    if tuple(levels) != _LEVELS:
+        extra["levels"] = list(levels)
+    if max_patches_per_plane is not None:
+        extra["max_patches_per_plane"] = int(max_patches_per_plane)
     return {
         "format": BANK_FORMAT,
         "version": _BANK_VERSION,
@@ -159,6 +172,7 @@ def _bank_meta(
         "planes_per_region": int(planes_per_region),
         "patch_px": _PATCH_PX,
         "content": "content patches only (W* = 1)",
+        **extra,
     }
 
 
@@ -177,6 +191,8 @@ def iter_write_patch_bank(
     planes_per_region: int = 2,
     split: str = "train",
     part: tuple[int, int] = (0, 1),
+    levels: Sequence[str] = ("dense", "sparse", "extremely_sparse"),
+    max_patches_per_plane: int | None = None,
 ) -> Generator[BankProgress, None, Path]:
     """Render a patch bank shard by shard, yielding progress; resumable.
 
@@ -207,6 +223,14 @@ def iter_write_patch_bank(
         Pairs rendered per simulated 3 × 3-patch field.
     split : {"train", "test"}
         Simulator seed stream.
+    levels : sequence of str
+        Sparsity levels of the simulated fields, drawn uniformly (repeat a
+        level to weight it).
+    max_patches_per_plane : int, optional
+        Keep at most this many content patches of each rendered plane (chosen
+        at random). A dense 3 × 3 field gives nine patches per plane and a
+        sparse one one to three, so without a cap dense content dominates the
+        bank; a cap of 2–3 balances what the networks see per sparsity level.
     part : tuple of int
         ``(i, n)``: write only shards ``s`` with ``s % n == i``, so ``n``
         processes can fill one bank together (same result as one process).
@@ -234,6 +258,13 @@ def iter_write_patch_bank(
     for k in kinds:
         if k not in SPECIMEN_KINDS:
             raise ValueError(f"kind must be one of {SPECIMEN_KINDS}, got {k!r}")
+    for lv in levels:
+        if lv not in _LEVELS:
+            raise ValueError(f"level must be one of {_LEVELS}, got {lv!r}")
+    if not levels:
+        raise ValueError("levels must name at least one sparsity level")
+    if max_patches_per_plane is not None and int(max_patches_per_plane) < 1:
+        raise ValueError(f"max_patches_per_plane must be >= 1, got {max_patches_per_plane}")
     part_i, part_n = (int(v) for v in part)
     if not 0 <= part_i < part_n:
         raise ValueError(f"part must be (i, n) with 0 <= i < n, got {part}")
@@ -249,6 +280,8 @@ def iter_write_patch_bank(
         kinds=kinds,
         planes_per_region=planes_per_region,
         split=split,
+        levels=levels,
+        max_patches_per_plane=max_patches_per_plane,
     )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
