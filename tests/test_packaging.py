@@ -61,3 +61,12 @@ def test_wheel_ships_the_bundled_models(wheel: Path) -> None:
     for stem in ("default", "baselines/liao", "baselines/jiang", "baselines/dastidar"):
         for ext in ("json", "safetensors"):
             assert f"napari_sparsefocus/models/{stem}.{ext}" in names
+
+
+def test_wheel_ships_the_simulated_microscope_config(wheel: Path) -> None:
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+        cfg = zf.read("napari_sparsefocus/hardware/simulated.cfg").decode()
+    assert "napari_sparsefocus/hardware/_simulated.py" in names
+    # the devices are Python devices, declared with pymmcore-plus's `#py pyDevice` lines
+    assert "#py pyDevice" in cfg

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from ._simulated import (
         SIMULATED_CONFIG,
         SimulatedMicroscope,
+        StageLimitError,
         load_simulated_microscope,
         load_simulated_config,
     )
@@ -34,6 +35,7 @@ __all__ = [
     "RefocusStep",
     "SimulatedMicroscope",
     "SparseFocusEngine",
+    "StageLimitError",
     "iter_refocus",
     "iter_scan_focus_map",
     "load_simulated_config",
@@ -58,6 +60,7 @@ _LAZY = {
     "refocus": "._refocus",
     "SIMULATED_CONFIG": "._simulated",
     "SimulatedMicroscope": "._simulated",
+    "StageLimitError": "._simulated",
     "load_simulated_config": "._simulated",
     "load_simulated_microscope": "._simulated",
 }
