@@ -7,7 +7,7 @@ below-focus ones). This adds the constant to ``b``'s bias that maximises the
 |defocus| ≥ 1 µm of a bank rendered from the *train* split with a seed of its own
 (never the test split), and writes the model with the new bias and a record of it.
 
-Run: ``.venv/bin/python scripts/calibrate-side.py runs/dpn/dpn.json runs/calbank OUT_STEM``
+Run: ``.venv/bin/python scripts/calibrate-side.py runs/dpnS/dpn.json runs/scalbank OUT_STEM``
 """
 
 from __future__ import annotations

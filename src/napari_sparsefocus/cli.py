@@ -278,6 +278,7 @@ def _cmd_make_bank(args: argparse.Namespace) -> int:
         part=tuple(args.part),
         levels=tuple(args.levels),
         max_patches_per_plane=args.max_patches_per_plane,
+        split=args.split,
     )
     for p in gen:
         log.info(
@@ -404,6 +405,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="share of pairs drawn within ±near-um of focus",
     )
     mb.add_argument("--shard-pairs", type=int, default=512)
+    mb.add_argument(
+        "--split",
+        choices=("train", "test"),
+        default="train",
+        help="simulator seed stream (test: held-out banks for evaluation)",
+    )
     mb.add_argument(
         "--levels",
         nargs="+",
