@@ -1,7 +1,8 @@
 """Make the user-guide screenshots in docs/images/ (napari under Xvfb, bundled model).
 
 Run: ``xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python scripts/make-screenshots.py``
-(it re-runs itself under xvfb-run when no display is set).
+(it re-runs itself under xvfb-run when no display is set). ``--microscope`` makes only the
+Microscope widget's screenshots.
 """
 
 from __future__ import annotations
@@ -33,18 +34,7 @@ def _xvfb() -> None:
     )
 
 
-def main() -> None:
-    _xvfb()
-    import torch
-    from qtpy.QtWidgets import QApplication
-
-    from napari_sparsefocus._demo import build_demo_viewer
-    from napari_sparsefocus.io import write_stack
-
-    torch.set_num_threads(2)
-    OUT.mkdir(parents=True, exist_ok=True)
-    app = QApplication.instance() or QApplication([])
-
+def _waiters(app):
     def wait(cond, timeout_s=600.0):
         t0 = time.perf_counter()
         while not cond():
@@ -59,7 +49,63 @@ def main() -> None:
             app.processEvents()
             time.sleep(0.01)
 
-    viewer, widgets = build_demo_viewer()
+    return wait, settle
+
+
+def microscope_shots(app) -> None:
+    """The Microscope widget on the simulated microscope: live + overlay + refocus, focus map."""
+    import napari
+
+    from napari_sparsefocus.widgets._microscope import MicroscopeWidget
+
+    wait, settle = _waiters(app)
+    viewer = napari.Viewer(title="napari-sparsefocus microscope", show=True)
+    viewer.window.resize(1500, 950)
+    widget = MicroscopeWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Microscope", area="right")
+    scope = widget.connect_simulated(0)
+    site = min(scope.slide.sites("sparse"), key=lambda s: s.x_um**2 + s.y_um**2)
+    scope.move_to_site(site, z_um=scope.slide.z_focus_um(site.x_um, site.y_um) + 6.0)
+    widget.snap()
+    wait(lambda: widget.prediction is not None and not widget.busy)
+    widget.refocus()
+    wait(lambda: widget.refocus_results and not widget.busy)
+    wait(lambda: not widget.busy)  # the overlay of the refocused frame
+    widget.tabs.setCurrentIndex(1)
+    viewer.reset_view()
+    settle()
+    viewer.screenshot(str(OUT / "microscope-refocus.png"), canvas_only=False)
+    print("wrote", OUT / "microscope-refocus.png")
+    widget.set_focus_map_method("both")
+    widget.tabs.setCurrentIndex(2)
+    widget.run_focus_map()
+    wait(lambda: len(widget.focus_map_results) == 2 and not widget.busy)
+    for layer in viewer.layers:
+        layer.visible = layer.name in ("focus error (one-shot)", "focus-map tiles (one-shot)")
+    viewer.reset_view()
+    settle()
+    viewer.screenshot(str(OUT / "microscope-focus-map.png"), canvas_only=False)
+    print("wrote", OUT / "microscope-focus-map.png")
+    viewer.close()
+
+
+def main() -> None:
+    _xvfb()
+    import torch
+    from qtpy.QtWidgets import QApplication
+
+    from napari_sparsefocus._demo import build_demo_viewer
+    from napari_sparsefocus.io import write_stack
+
+    torch.set_num_threads(2)
+    OUT.mkdir(parents=True, exist_ok=True)
+    app = QApplication.instance() or QApplication([])
+    if "--microscope" in sys.argv:
+        microscope_shots(app)
+        return
+    wait, settle = _waiters(app)
+
+    viewer, widgets = build_demo_viewer(microscope=False)
     viewer.window.resize(1500, 950)
     analysis = widgets["Focus analysis"]
     wait(lambda: analysis.prediction is not None and not analysis.busy)
@@ -96,6 +142,7 @@ def main() -> None:
         viewer.screenshot(str(OUT / "label-correction.png"), canvas_only=False)
     print("wrote", OUT)
     viewer.close()
+    microscope_shots(app)
 
 
 if __name__ == "__main__":

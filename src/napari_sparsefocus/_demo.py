@@ -1,9 +1,11 @@
-"""The main job: napari with the sample stack, the bundled model and the analysis widgets.
+"""The main job: napari with the sample stack, the bundled model, the widgets and a microscope.
 
 ``sparsefocus demo`` (``make demo``) opens a viewer with the simulated sparse
 cytology z-stack, docks the focus-analysis widgets with the bundled default
-model and analyses the shown plane. Without a display it stops with a message
-naming what is missing (it works under ``xvfb-run``).
+model and analyses the shown plane. It also docks the Microscope widget,
+connected to the simulated microscope and live on a sparse site beside the
+stack, 6 µm out of focus (press Refocus). Without a display it stops with a
+message naming what is missing (it works under ``xvfb-run``).
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import napari
 
-__all__ = ["DEMO_PLANE", "build_demo_viewer", "missing_display", "run_demo"]
+__all__ = ["DEMO_DEFOCUS_UM", "DEMO_PLANE", "build_demo_viewer", "missing_display", "run_demo"]
 
 #: Plane shown first: +4 µm on the sample's −10 … +10 µm stack.
 DEMO_PLANE = 14
+#: Defocus the simulated microscope starts at (µm, ``z - z_focus``).
+DEMO_DEFOCUS_UM = 6.0
 
 
 def missing_display(environ: dict[str, str] | None = None) -> str | None:
@@ -51,7 +55,7 @@ def missing_display(environ: dict[str, str] | None = None) -> str | None:
 
 
 def build_demo_viewer(
-    viewer: napari.Viewer | None = None, *, model: Any = None
+    viewer: napari.Viewer | None = None, *, model: Any = None, microscope: bool = True
 ) -> tuple[napari.Viewer, dict[str, Any]]:
     """Open the sample stack and dock the analysis widgets, analysis started.
 
@@ -61,13 +65,16 @@ def build_demo_viewer(
         Viewer to use (default: a new, shown one).
     model : SparseFocusModel, optional
         Model for the widgets (default: the bundled one).
+    microscope : bool
+        Also dock the Microscope widget, connected to the simulated
+        microscope and live (see :func:`_dock_microscope`).
 
     Returns
     -------
     viewer : napari.Viewer
         The viewer.
     widgets : dict
-        Docked widgets by name (``"Focus analysis"``, …).
+        Docked widgets by name (``"Focus analysis"``, …, ``"Microscope"``).
     """
     import napari
 
@@ -104,12 +111,60 @@ def build_demo_viewer(
     for i, (name, w) in enumerate(widgets.items()):
         viewer.window.add_dock_widget(w, name=name, area="right", tabify=i > 1)
     analysis.analyse_plane()
+    if microscope:
+        widgets["Microscope"] = _dock_microscope(viewer, model, layer)
     return viewer, widgets
 
 
-def run_demo() -> None:
-    """Open the demo viewer and run napari's event loop (check :func:`missing_display` first)."""
+def _dock_microscope(viewer: napari.Viewer, model: Any, stack: Any) -> Any:
+    """Dock the Microscope widget on the simulated microscope, live beside ``stack``.
+
+    The stage goes to the sparse site nearest to the right of the sample
+    stack (live frames are placed at the stage position in µm), at
+    :data:`DEMO_DEFOCUS_UM`; the view is reset once the first frame is shown.
+    """
+    import math
+
+    from napari_sparsefocus.widgets._microscope import LIVE_LAYER, MicroscopeWidget
+
+    widget = MicroscopeWidget(viewer)
+    widget.set_model(model)
+    scope = widget.connect_simulated(0)
+    slide = scope.slide
+    half = slide.field_shape_px[1] * slide.pixel_size_um / 2
+    right = float(stack.extent.world[1][-1])  # the stack's right edge (µm)
+    mid_y = float(stack.extent.world[:, -2].mean())
+    target = (right + half, mid_y)
+    beside = [s for s in slide.sites() if s.sparsity != "empty" and s.x_um - half >= right]
+
+    def distance(s: Any) -> float:
+        sparse = s.sparsity in ("sparse", "extremely_sparse")
+        return math.hypot(s.x_um - target[0], s.y_um - target[1]) - (600.0 if sparse else 0.0)
+
+    site = min(beside, key=distance)
+    scope.move_to_site(site, z_um=slide.z_focus_um(site.x_um, site.y_um) + DEMO_DEFOCUS_UM)
+
+    def on_inserted(event: Any) -> None:
+        if event.value.name == LIVE_LAYER:
+            viewer.layers.events.inserted.disconnect(on_inserted)
+            viewer.reset_view()
+
+    viewer.layers.events.inserted.connect(on_inserted)
+    dock = viewer.window.add_dock_widget(widget, name="Microscope", area="right", tabify=True)
+    dock.raise_()
+    widget.set_live(True)
+    return widget
+
+
+def run_demo(*, microscope: bool = True) -> None:
+    """Open the demo viewer and run napari's event loop (check :func:`missing_display` first).
+
+    Parameters
+    ----------
+    microscope : bool
+        Also dock the Microscope widget on the simulated microscope, live.
+    """
     import napari
 
-    build_demo_viewer()
+    build_demo_viewer(microscope=microscope)
     napari.run()

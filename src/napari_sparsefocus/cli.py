@@ -235,7 +235,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         if why is not None:
             print(f"sparsefocus demo: {why}", file=sys.stderr)
             return 2
-        run_demo()
+        run_demo(microscope=not args.no_microscope)
         return 0
     from .core import Optics, simulate_stack
 
@@ -436,10 +436,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser(
         "demo",
-        help="open napari with the sample stack, the bundled model and the analysis widgets "
+        help="open napari with the sample stack, the bundled model, the analysis widgets and "
+        "the Microscope widget on the simulated microscope "
         "(--text: print a focus analysis of simulated stacks instead)",
     )
     d.add_argument("--text", action="store_true", help="no window: print the focus analysis")
+    d.add_argument(
+        "--no-microscope",
+        action="store_true",
+        help="do not dock the Microscope widget (no simulated microscope running)",
+    )
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--size", type=int, default=2016)
     d.set_defaults(func=_cmd_demo)

@@ -357,3 +357,24 @@ def test_bad_arguments(sim_core):
     with pytest.raises(ValueError, match="labels"):
         load_simulated_microscope(sim_core, sensor_shape_px=SMALL, labels={"laser": "L"})
     assert "Camera" not in sim_core.getLoadedDevices()
+
+
+def test_loads_on_a_core_with_qt_signals(qapp):
+    # once a QApplication exists pymmcore-plus gives new cores Qt-backed signals,
+    # whose bound signals do not name their owner (napari sessions are like this)
+    import gc
+
+    from pymmcore_plus.experimental.unicore import UniMMCore
+
+    from napari_sparsefocus.hardware import SimulatedMicroscope, load_simulated_microscope
+
+    core = UniMMCore()
+    try:
+        scope = load_simulated_microscope(core, seed=1, sensor_shape_px=(448, 448))
+        assert SimulatedMicroscope.from_core(core).slide is scope.slide
+        core.snapImage()
+        assert core.getImage().shape == (448, 448, 3)
+    finally:
+        core.unloadAllDevices()
+        del core
+        gc.collect()

@@ -7,8 +7,14 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
-from napari_sparsefocus._demo import DEMO_PLANE, build_demo_viewer, missing_display
+from napari_sparsefocus._demo import (
+    DEMO_DEFOCUS_UM,
+    DEMO_PLANE,
+    build_demo_viewer,
+    missing_display,
+)
 
 
 def test_demo_docks_the_widgets_and_analyses_the_shown_plane(make_napari_viewer, qtbot, tiny_model):
@@ -24,6 +30,18 @@ def test_demo_docks_the_widgets_and_analyses_the_shown_plane(make_napari_viewer,
     assert analysis.shown_plane[-1] == DEMO_PLANE
     assert "importance" in viewer.layers and "top-k patches" in viewer.layers
     assert len(viewer.layers["top-k patches"].data) == want.k
+
+    # the Microscope dock: the simulated microscope, connected and live, beside the stack
+    microscope = widgets["Microscope"]
+    core = microscope.core
+    assert microscope.scope is not None and microscope.is_live and core.isSequenceRunning()
+    assert microscope.scope.true_defocus_um() == pytest.approx(DEMO_DEFOCUS_UM)
+    assert microscope.scope.current_site().sparsity != "empty"
+    qtbot.waitUntil(lambda: "live" in viewer.layers, timeout=60_000)
+    assert viewer.layers["live"].extent.world[0][-1] > image.extent.world[1][-1]
+    viewer.close()
+    qtbot.waitUntil(lambda: microscope.closed and not core.isSequenceRunning(), timeout=60_000)
+    assert core.getLoadedDevices() == ("Core",)  # released: no abort at exit
 
 
 def test_missing_display_is_named():

@@ -269,18 +269,38 @@ _REGISTRY: weakref.WeakKeyDictionary[Any, SimulationState] = weakref.WeakKeyDict
 _REGISTRY_LOCK = threading.Lock()
 
 
+# With Qt-backed core signals (pymmcore-plus picks them once a QApplication exists) a
+# bound signal does not name its owner; the state of the core loaded last is used then.
+_QT_FALLBACK: list[SimulationState] = []
+
+
+def _signal_owner(events: Any) -> Any:
+    # psygnal: the proxy exposes the core's real signal instances; ``.instance`` is the signaler
+    return getattr(events.propertyChanged, "instance", None)
+
+
 def _core_key_of_device(device: Any) -> Any:
-    # the proxy exposes the core's real signal instances; ``.instance`` is the signaler
-    return device.core.events.propertyChanged.instance
+    return _signal_owner(device.core.events)
 
 
 def _core_key(core: UniMMCore) -> Any:
-    return core.events.propertyChanged.instance
+    return _signal_owner(core.events)
 
 
 def _register_state(core: UniMMCore, state: SimulationState) -> None:
+    key = _core_key(core)
     with _REGISTRY_LOCK:
-        _REGISTRY[_core_key(core)] = state
+        if key is None:
+            _QT_FALLBACK[:] = [state]
+        else:
+            _REGISTRY[key] = state
+
+
+def _lookup_state(key: Any) -> SimulationState | None:
+    with _REGISTRY_LOCK:
+        if key is None:
+            return _QT_FALLBACK[0] if _QT_FALLBACK else None
+        return _REGISTRY.get(key)
 
 
 class _SimDevice:
@@ -293,11 +313,15 @@ class _SimDevice:
         """The shared simulation state."""
         if self._state is None:
             key = _core_key_of_device(self)
-            with _REGISTRY_LOCK:
-                st = _REGISTRY.get(key)
+            with _REGISTRY_LOCK:  # get or create, atomically
+                st = (_QT_FALLBACK[0] if _QT_FALLBACK else None) if key is None else None
+                st = st if key is None else _REGISTRY.get(key)
                 if st is None:
                     st = SimulationState(VirtualSlide(0))
-                    _REGISTRY[key] = st
+                    if key is None:
+                        _QT_FALLBACK[:] = [st]
+                    else:
+                        _REGISTRY[key] = st
             self._state = st
         return self._state
 
@@ -311,7 +335,10 @@ class _SimDevice:
         except Exception:  # no core proxy any more
             return
         with _REGISTRY_LOCK:
-            if _REGISTRY.get(key) is st:
+            if key is None:
+                if _QT_FALLBACK and _QT_FALLBACK[0] is st:
+                    _QT_FALLBACK.clear()
+            elif _REGISTRY.get(key) is st:
                 del _REGISTRY[key]
 
 
@@ -613,8 +640,7 @@ class SimulatedMicroscope:
             If no simulated devices were loaded on ``core``.
         """
         _require_unicore(core)
-        with _REGISTRY_LOCK:
-            st = _REGISTRY.get(_core_key(core))
+        st = _lookup_state(_core_key(core))
         if st is None:
             raise LookupError("no simulated microscope is loaded on this core")
         labels = {
