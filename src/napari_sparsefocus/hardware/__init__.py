@@ -12,30 +12,67 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ._camera import snap_image
-    from ._focus_lock import FocusLock, FocusLockState
-    from ._focus_map import FocusMapResult, iter_scan_focus_map, scan_focus_map
-    from ._mda import SparseFocusEngine
-    from ._refocus import RefocusOptions, RefocusResult, RefocusStep, iter_refocus, refocus
+    from ._camera import (
+        frame_to_rgb,
+        snap_image,
+    )
+    from ._focus_lock import (
+        FocusLock,
+        FocusLockEvent,
+        FocusLockState,
+    )
+    from ._focus_map import (
+        FOCUS_MAP_METHODS,
+        FocusMapResult,
+        FocusMapStep,
+        FocusMapTile,
+        iter_scan_focus_map,
+        scan_focus_map,
+    )
+    from ._mda import (
+        DEFAULT_ACCEPTED_VERDICTS,
+        AutofocusRecord,
+        SparseFocusEngine,
+    )
+    from ._refocus import (
+        FALLBACKS,
+        VERDICTS,
+        RefocusOptions,
+        RefocusReading,
+        RefocusResult,
+        RefocusStep,
+        iter_refocus,
+        refocus,
+    )
     from ._simulated import (
         SIMULATED_CONFIG,
         SimulatedMicroscope,
         StageLimitError,
-        load_simulated_microscope,
         load_simulated_config,
+        load_simulated_microscope,
     )
 
 __all__ = [
+    "DEFAULT_ACCEPTED_VERDICTS",
+    "FALLBACKS",
+    "FOCUS_MAP_METHODS",
     "SIMULATED_CONFIG",
+    "VERDICTS",
+    "AutofocusRecord",
     "FocusLock",
+    "FocusLockEvent",
     "FocusLockState",
     "FocusMapResult",
+    "FocusMapStep",
+    "FocusMapTile",
     "RefocusOptions",
+    "RefocusReading",
     "RefocusResult",
     "RefocusStep",
     "SimulatedMicroscope",
     "SparseFocusEngine",
     "StageLimitError",
+    "frame_to_rgb",
     "iter_refocus",
     "iter_scan_focus_map",
     "load_simulated_config",
@@ -46,14 +83,24 @@ __all__ = [
 ]
 
 _LAZY = {
+    "frame_to_rgb": "._camera",
     "snap_image": "._camera",
     "FocusLock": "._focus_lock",
+    "FocusLockEvent": "._focus_lock",
     "FocusLockState": "._focus_lock",
+    "FOCUS_MAP_METHODS": "._focus_map",
     "FocusMapResult": "._focus_map",
+    "FocusMapStep": "._focus_map",
+    "FocusMapTile": "._focus_map",
     "iter_scan_focus_map": "._focus_map",
     "scan_focus_map": "._focus_map",
+    "DEFAULT_ACCEPTED_VERDICTS": "._mda",
+    "AutofocusRecord": "._mda",
     "SparseFocusEngine": "._mda",
+    "FALLBACKS": "._refocus",
+    "VERDICTS": "._refocus",
     "RefocusOptions": "._refocus",
+    "RefocusReading": "._refocus",
     "RefocusResult": "._refocus",
     "RefocusStep": "._refocus",
     "iter_refocus": "._refocus",
