@@ -8,9 +8,9 @@
 #   make model                    # or: bash scripts/train-default-model.sh
 #   STEPS=4000 RUNS=runs-long bash scripts/train-default-model.sh   # a longer budget
 #
-# About 95 min on 2 CPU cores (2026-11): bank 18 min, RIN 13 min (in parallel),
-# the four patch networks 2 × 30 min (two at a time, one thread each), the sparse
-# fine-tune of the DPN 18 min, report 10-20 min. The bundled DPN was trained in runs/dpnB
+# About 125 min on 2 CPU cores (2026-11): bank 18 min, RIN 13 min (in parallel),
+# the four patch networks 2 × 30 min (two at a time, one thread each), the two sparse
+# fine-tune rounds of the DPN 18 + 28 min, report 10-20 min. The bundled DPN was trained in runs/dpnB
 # (the same command as runs/dpn here) before the fine-tune; its record names that folder.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -56,13 +56,21 @@ $SF train --network dpn --data "$RUNS/sbank" --init-from "$RUNS/dpn/dpn.json" --
     --checkpoint-every 100 --no-progress \
     --network-config '{"output_scale_um": 10.0, "layer_scale_init": 0.1, "colour_sharpness_scales": [1, 2, 4, 8, 16], "sign_magnitude_head": true}' \
     --out-dir "$RUNS/dpnS" > "$RUNS/dpnS.log" 2>&1
+#    a second round on twice the data (fresh seed), at a lower rate (~8 + 20 min)
+$SF make-bank "$RUNS/sbank2" --pairs 8192 --seed 6 --levels $SPARSE_LEVELS \
+    --max-patches-per-plane 2 --shard-pairs 256 > "$RUNS/sbank2.log" 2>&1
+$SF train --network dpn --data "$RUNS/sbank2" --init-from "$RUNS/dpnS/dpn.json" --steps 1500 \
+    --batch-size 32 --lr 2e-4 --lr-schedule cosine --seed 2 --num-threads 1 \
+    --checkpoint-every 100 --no-progress \
+    --network-config '{"output_scale_um": 10.0, "layer_scale_init": 0.1, "colour_sharpness_scales": [1, 2, 4, 8, 16], "sign_magnitude_head": true}' \
+    --out-dir "$RUNS/dpnS2" > "$RUNS/dpnS2.log" 2>&1
 
 # 4. calibrate the DPN's side-of-focus logit on a train-split bank of its own seed (same
 #    level mix), then bundle the pipeline and the baselines inside the package
 $SF make-bank "$RUNS/scalbank" --pairs 768 --seed 4 --near-fraction 0.0 --levels $SPARSE_LEVELS \
     --max-patches-per-plane 2 --shard-pairs 256
-$PY scripts/calibrate-side.py "$RUNS/dpnS/dpn.json" "$RUNS/scalbank" "$RUNS/dpnS/dpn_cal"
-$SF combine-model "$RUNS/rin/rin.json" "$RUNS/dpnS/dpn_cal.json" "$MODELS/default"
+$PY scripts/calibrate-side.py "$RUNS/dpnS2/dpn.json" "$RUNS/scalbank" "$RUNS/dpnS2/dpn_cal"
+$SF combine-model "$RUNS/rin/rin.json" "$RUNS/dpnS2/dpn_cal.json" "$MODELS/default"
 mkdir -p "$MODELS/baselines"
 for net in liao jiang dastidar; do
     cp "$RUNS/$net/$net.json" "$RUNS/$net/$net.safetensors" "$MODELS/baselines/"

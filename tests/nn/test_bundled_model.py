@@ -39,19 +39,24 @@ def test_sign_is_right_on_fresh_held_out_dense_stacks(model, kind):
     assert np.all(np.abs(np.abs(preds) - np.abs(Z_UM)) < 2.0), preds
 
 
-@pytest.mark.parametrize("sparsity", ["sparse", "extremely_sparse"])
-def test_sign_is_right_on_both_sides_on_fresh_held_out_sparse_cell_stacks(model, sparsity):
-    _check_signs(model, "cell", sparsity, Z_UM)
+@pytest.mark.parametrize(
+    ("kind", "sparsity"),
+    [("cell", "sparse"), ("cell", "extremely_sparse"), ("tissue", "sparse")],
+)
+def test_sign_is_right_on_both_sides_on_fresh_held_out_sparse_stacks(model, kind, sparsity):
+    preds = _check_signs(model, kind, sparsity, Z_UM)
+    # the magnitude holds too on sparse content (within 2 µm at these distances)
+    assert np.all(np.abs(np.abs(preds) - np.abs(Z_UM)) < 2.0), preds
 
 
-@pytest.mark.parametrize("sparsity", ["sparse", "extremely_sparse"])
-def test_sign_is_mostly_right_on_fresh_held_out_sparse_tissue_stacks(model, sparsity):
-    # Sparse tissue carries the weakest side-of-focus cue (its stain's colour
-    # sharpness ratios are nearly symmetric beyond 3 µm): over fresh seeds the
-    # bundled model gets 71-83 % of such planes right (docs/evaluation/report.md),
-    # so this guards "at most one of six planes wrong, both sides of focus seen right".
+def test_sign_is_mostly_right_on_a_fresh_extremely_sparse_tissue_stack(model):
+    # Extremely sparse tissue carries the weakest side-of-focus cue (its stain's
+    # colour-sharpness ratios are nearly symmetric about focus beyond ~3 µm, and
+    # one to four patches vote): over fresh held-out seeds the bundled model gets
+    # 88 % of such planes right (docs/learning-core.md), so this guards "at most
+    # one of six planes wrong, both sides of focus seen right".
     stack = simulate_stack(
-        "tissue", sparsity, z_um=Z_UM, shape_px=(2016, 2016), seed=77, split="test"
+        "tissue", "extremely_sparse", z_um=Z_UM, shape_px=(2016, 2016), seed=77, split="test"
     )
     preds = [model.predict(img) for img in stack.images]
     assert all(p.defocus_um is not None for p in preds), [p.verdict for p in preds]
