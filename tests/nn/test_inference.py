@@ -91,6 +91,17 @@ def test_smaller_images_use_a_smaller_centred_grid_and_fixed_k():
     assert m.predict(_camera_frame(1200, 1130), k_mode="fixed", k=2).k == 2
 
 
+def test_one_patch_sides_still_get_an_answer_at_the_bundled_rin_scale():
+    # the bundled RIN reads a 256 px input for 9 patches: one patch is 28 px there,
+    # below the RIN's 32 px minimum, so the input is enlarged rather than refused
+    m = _model(10.0, 2.0)
+    m.rin_input_px = 256
+    for h, w, grid in ((224, 224, (1, 1)), (300, 800, (1, 3)), (460, 230, (2, 1))):
+        p = m.predict(_camera_frame(h, w))
+        assert p.importance.shape == grid
+        assert p.defocus_um == pytest.approx(2.0, abs=1e-5)
+
+
 def test_pixel_size_rules():
     m = _model(10.0, 1.0)
     px = m.optics.pixel_size_um

@@ -204,11 +204,17 @@ def prepare_image(
     )
 
 
+#: Smallest RIN input side (its stem and stages need 32 px).
+_MIN_RIN_PX = 32
+
+
 def rin_input(prepared: PreparedImage, input_px: int = 512, full_grid: int = 9) -> torch.Tensor:
     """Return the RIN input ``(1, 3, S, S)`` for a prepared crop.
 
     The paper resizes the 2016 px crop (9 patches) to 512 px; smaller grids
-    keep the same scale (``input_px · grid / full_grid`` pixels per side).
+    keep the same scale (``input_px · grid / full_grid`` pixels per side), but
+    never less than 32 px per side (the RIN's smallest input): a one-patch
+    side at a 256 px model input is slightly enlarged rather than refused.
 
     Parameters
     ----------
@@ -226,8 +232,8 @@ def rin_input(prepared: PreparedImage, input_px: int = 512, full_grid: int = 9) 
     """
     gy, gx = prepared.grid
     size = (
-        max(8, round(input_px * gy / full_grid)),
-        max(8, round(input_px * gx / full_grid)),
+        max(_MIN_RIN_PX, round(input_px * gy / full_grid)),
+        max(_MIN_RIN_PX, round(input_px * gx / full_grid)),
     )
     t = torch.from_numpy(prepared.crop).permute(2, 0, 1)[None]  # (1, 3, H, W)
     return F.interpolate(t, size=size, mode="area")
