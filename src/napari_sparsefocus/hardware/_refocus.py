@@ -38,8 +38,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FALLBACKS",
+    "POLISH_METHODS",
     "VERDICTS",
     "RefocusOptions",
+    "RefocusPolish",
     "RefocusReading",
     "RefocusResult",
     "RefocusStep",
@@ -65,6 +67,8 @@ VERDICTS = (
 )
 #: Valid :attr:`RefocusOptions.fallback` values.
 FALLBACKS = ("none", "hill_climb")
+#: Possible :attr:`RefocusPolish.method` values.
+POLISH_METHODS = ("parabola", "best_sample", "flat")
 
 #: A move of at least this many depths of field towards focus must sharpen the content.
 _SHARPEN_CHECK_DOF = 2.0
@@ -78,6 +82,12 @@ _FALLBACK_MIN_CONTRAST = 0.03
 _BRACKET_DOF = 3.0
 #: Positions closer than this (µm) count as equal.
 _Z_EPS_UM = 1e-6
+#: Polish: a snap within this fraction of the step of a wanted position is not repeated.
+_POLISH_SAME_STEPS = 0.25
+#: Polish: earlier snaps this many steps (range) from the centre stand in for a side sample.
+_POLISH_REUSE_STEPS = (0.5, 1.5)
+#: Polish: sharpness varying less than this (relative) over the samples shows no peak.
+_POLISH_MIN_CONTRAST = 0.05
 
 
 @dataclass(frozen=True)
@@ -143,6 +153,23 @@ class RefocusOptions:
         to the best position known: the interpolation between the last two
         readings if they bracket the focus, else the snapped position whose
         content was clearly (> 10 %) sharper than at the start, else the start.
+    polish : bool
+        Finish with a local measurement (default): once the model puts the
+        stage within ``polish_within_um`` of focus (or two readings bracket
+        it), sample the Brenner sharpness of the model's content region one
+        ``polish_step_um`` either side (earlier snaps at the right places are
+        reused) and go to the vertex of the parabola through the logarithms
+        of the three values around the sharpest one (see :func:`iter_refocus`).
+    polish_step_um : float or None
+        Spacing of the polish samples (µm, > 0). ``None``: one depth of field.
+    polish_within_um : float or None
+        A verification reading with ``|defocus|`` at most this starts the
+        polish around its target instead of another model correction.
+        ``None``: two depths of field.
+    polish_max_snaps : int
+        Snap budget of the polish (>= 2): the missing samples of the
+        3-point pattern, then one more step outwards while the sharpest
+        sample is the outermost one.
     """
 
     z_min_um: float | None = None
@@ -164,6 +191,10 @@ class RefocusOptions:
     pixel_size_um: float | None = None
     focus_device: str | None = None
     return_to_best: bool = True
+    polish: bool = True
+    polish_step_um: float | None = None
+    polish_within_um: float | None = None
+    polish_max_snaps: int = 4
 
     def __post_init__(self) -> None:
         for name in (
@@ -173,6 +204,8 @@ class RefocusOptions:
             "tolerance_um",
             "max_spread_um",
             "pixel_size_um",
+            "polish_step_um",
+            "polish_within_um",
         ):
             v = getattr(self, name)
             if v is not None and not _is_finite_number(v):
@@ -215,6 +248,13 @@ class RefocusOptions:
                 f"backlash_um must be >= 0 and smaller than max_move_um ({self.max_move_um}), "
                 f"got {self.backlash_um!r}"
             )
+        for name in ("polish_step_um", "polish_within_um"):
+            v = getattr(self, name)
+            if v is not None and v <= 0:
+                raise ValueError(f"{name} must be > 0 or None, got {v!r}")
+        v = self.polish_max_snaps
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 2:
+            raise ValueError(f"polish_max_snaps must be an integer >= 2, got {v!r}")
         if self.focus_device is not None and not isinstance(self.focus_device, str):
             raise ValueError(f"focus_device must be a string or None, got {self.focus_device!r}")
 
@@ -259,14 +299,62 @@ class RefocusReading:
 
 
 @dataclass(frozen=True)
+class RefocusPolish:
+    """What the polish stage measured and where it sent the stage.
+
+    Attributes
+    ----------
+    method : str
+        One of :data:`POLISH_METHODS`: "parabola" (the sharpest sample had a
+        sample either side and the log-parabola through the three had a
+        maximum: the stage went to its vertex), "best_sample" (no proper
+        maximum — the sharpest sample was the outermost one or the fit was
+        not concave — the stage went to the sharpest sample), "flat" (the
+        sharpness varied by less than 5 %: no peak to find, the stage went
+        back to the centre).
+    center_z_um : float
+        Position the samples were centred on (the model's estimate of focus).
+    z_um : float
+        Position chosen.
+    samples : tuple of (float, float)
+        ``(z_um, sharpness)`` of every sample used, sorted by position
+        (earlier snaps reused included).
+    snaps : int
+        Snaps taken by the polish.
+    moves : int
+        Stage moves made by the polish (including the final one).
+    """
+
+    method: str
+    center_z_um: float
+    z_um: float
+    samples: tuple[tuple[float, float], ...]
+    snaps: int
+    moves: int
+
+    def describe(self) -> str:
+        """Return one line for a message."""
+        how = {
+            "parabola": "log-parabola vertex",
+            "best_sample": "sharpest sample (no proper maximum)",
+            "flat": "back to the centre (sharpness flat)",
+        }[self.method]
+        return (
+            f"polished to {self.z_um:.3f} µm ({how}; {len(self.samples)} samples, "
+            f"{self.snaps} extra snap(s))"
+        )
+
+
+@dataclass(frozen=True)
 class RefocusStep:
     """Progress record yielded by :func:`iter_refocus` after every snap and move.
 
     Attributes
     ----------
     phase : str
-        "snap" (a model snap), "move" (a stage move done), "fallback" (a snap
-        of the fallback search).
+        "snap" (a model snap), "move" (a stage move done), "polish" (a snap
+        of the polish stage, no prediction), "fallback" (a snap of the
+        fallback search).
     z_um : float
         Focus position after this step.
     prediction : DefocusPrediction or None
@@ -276,7 +364,7 @@ class RefocusStep:
     snaps, moves : int
         Snaps and corrective moves so far.
     image : ndarray or None
-        The snapped image ("snap" and "fallback" steps).
+        The snapped image ("snap", "polish" and "fallback" steps).
     """
 
     phase: str
@@ -331,6 +419,8 @@ class RefocusResult:
         ``"ExceptionType: message"`` of the error that stopped the refocus.
     fallback : SearchResult or None
         The fallback search's result, when it ran.
+    polish : RefocusPolish or None
+        What the polish stage did, when it ran (``None``: it did not).
     """
 
     verdict: str
@@ -346,6 +436,7 @@ class RefocusResult:
     elapsed_s: float
     error: str | None = None
     fallback: SearchResult | None = field(default=None, repr=False)
+    polish: RefocusPolish | None = None
 
     @property
     def in_focus(self) -> bool:
@@ -371,6 +462,7 @@ class RefocusResult:
             "tolerance_um": self.tolerance_um,
             "elapsed_s": self.elapsed_s,
             "error": self.error,
+            "polish": None if self.polish is None else dataclasses.asdict(self.polish),
         }
 
 
@@ -489,6 +581,19 @@ def iter_refocus(
     position known, see :class:`RefocusOptions`). No target is ever farther
     than ``max_excursion_um`` from the start.
 
+    **Polish** (``polish=True``, the default). Once the model says the image
+    is in focus, two readings bracket the focus, or a verification reads
+    ``|d| <= polish_within_um``, the end position is measured rather than
+    predicted: the Brenner sharpness of the content region is sampled at a
+    centre ``c`` (the current position, the bracket's zero crossing, or the
+    model's target) and at ``c ± polish_step_um`` (earlier snaps at those
+    places are reused: usually two extra snaps), one step further out while
+    the sharpest sample is the outermost one (``polish_max_snaps``), and the
+    stage goes to the vertex of the parabola through the logarithms of the
+    sharpest sample and its neighbours. A fit that is not a proper maximum
+    falls back to the sharpest sample, a flat (< 5 %) sharpness to the
+    centre; :attr:`RefocusResult.polish` records what was done.
+
     **Safety.** Every commanded position lies in ``[z_min_um, z_max_um]``
     and every single command is at most ``max_move_um`` long, even for huge,
     NaN or wrong-signed predictions. The stage is waited for after every
@@ -578,10 +683,12 @@ class _Refocus:
         self.start_um = math.nan
         self.tolerance_um = math.nan
         self.dof_um = math.nan
+        self.polish_step_um = math.nan
         self.excursion_um = _excursion_um(model, opts)
         # focus interval implied by sharpness comparisons of the snaps
         self.focus_lo, self.focus_hi = -math.inf, math.inf
         self.fallback_result: SearchResult | None = None
+        self.polish_result: RefocusPolish | None = None
         self.t0 = time.perf_counter()
 
     # ------------------------------------------------------------------ devices
@@ -738,6 +845,7 @@ class _Refocus:
             elapsed_s=time.perf_counter() - self.t0,
             error=error,
             fallback=self.fallback_result,
+            polish=self.polish_result,
         )
         self._log(verdict, message, final)
         return result
@@ -785,6 +893,9 @@ class _Refocus:
         pred, r0 = self._read(image, px)
         dof = self.dof_um = self._dof_um(pred)
         tol = self.tolerance_um = dof / 2 if opts.tolerance_um is None else opts.tolerance_um
+        step = opts.polish_step_um
+        self.polish_step_um = dof if step is None else float(step)
+        within = 2.0 * dof if opts.polish_within_um is None else float(opts.polish_within_um)
         yield self._step("snap", _describe(r0), pred, image)
 
         why = self._gate(pred, r0, dof)
@@ -794,10 +905,10 @@ class _Refocus:
             return "abstained", why
         assert r0.defocus_um is not None and r0.magnitude_um is not None
         if abs(r0.defocus_um) <= tol:
-            return (
-                "in_focus",
-                f"already in focus: |defocus| {abs(r0.defocus_um):.3g} ≤ {tol:.3g} µm",
-            )
+            message = f"already in focus: |defocus| {abs(r0.defocus_um):.3g} ≤ {tol:.3g} µm"
+            if opts.polish:
+                message += "; " + (yield from self._polish(r0.z_um)).describe()
+            return "in_focus", message
 
         prev = r0
         target = r0.z_um - r0.defocus_um
@@ -831,15 +942,29 @@ class _Refocus:
                     )
                 )
             elif abs(last.defocus_um) <= tol:
-                return "in_focus", (
+                message = (
                     f"verified: |defocus| {abs(last.defocus_um):.3g} ≤ {tol:.3g} µm "
                     f"after {self.moves} move(s)"
                 )
+                if opts.polish:
+                    message += "; " + (yield from self._polish(last.z_um)).describe()
+                return "in_focus", message
             elif (z_mid := self._bracket(prev, last, dof)) is not None:
-                yield from self._go(z_mid, "between two readings either side of focus")
-                return "bracketed", (
+                message = (
                     f"focus bracketed by {prev.z_um:.3f} µm ({prev.defocus_um:+.3g}) and "
                     f"{last.z_um:.3f} µm ({last.defocus_um:+.3g}); interpolated to {z_mid:.3f} µm"
+                )
+                if opts.polish:
+                    message += "; " + (yield from self._polish(z_mid)).describe()
+                else:
+                    yield from self._go(z_mid, "between two readings either side of focus")
+                return "bracketed", message
+            elif opts.polish and abs(last.defocus_um) <= within:
+                polished = yield from self._polish(self._choose_sign(last))
+                verdict = "in_focus" if polished.method == "parabola" else "unconfirmed"
+                return verdict, (
+                    f"the model put the focus within {within:.3g} µm ({_describe(last)}); "
+                    + polished.describe()
                 )
             else:
                 target = self._choose_sign(last)
@@ -935,6 +1060,90 @@ class _Refocus:
         # farther back along -m (magnitudes are underestimated far from focus)
         return min(candidates, key=lambda z: direction * z)
 
+    # ------------------------------------------------------------------ polish
+    def _polish(self, center_um: float) -> Generator[RefocusStep, None, RefocusPolish]:
+        """Sample the content sharpness around `center_um` and go to its peak."""
+        h = self.polish_step_um
+        lo = max(self.lo, self.start_um - self.excursion_um)
+        hi = min(self.hi, self.start_um + self.excursion_um)
+        center = min(max(center_um, lo), hi)
+        snaps0, moves0 = self.snaps, self.moves
+        samples: dict[float, float] = {}
+        # earlier snaps where the pattern needs them stand in for new ones
+        r_lo, r_hi = _POLISH_REUSE_STEPS
+        windows = (
+            (lambda off: abs(off) <= _POLISH_SAME_STEPS * h, 0.0),
+            (lambda off: r_lo * h <= off <= r_hi * h, h),
+            (lambda off: r_lo * h <= -off <= r_hi * h, -h),
+        )
+        for inside, want in windows:
+            near = [r for r in self.readings if inside(r.z_um - center)]
+            if near:
+                r = min(near, key=lambda r: abs(r.z_um - center - want))
+                samples[r.z_um] = r.sharpness
+
+        def new(z_um: float) -> float | None:
+            """`z_um` clipped to the limits, or None if a sample is (nearly) there."""
+            z = min(max(z_um, lo), hi)
+            if any(abs(z - zs) < _POLISH_SAME_STEPS * h for zs in samples):
+                return None
+            return z
+
+        # centre, then above, then below: the final move then mostly comes from below
+        for z_want in (center, center + h, center - h):
+            z = new(z_want)
+            if z is not None and self.snaps - snaps0 < self.opts.polish_max_snaps:
+                samples[z] = yield from self._polish_snap(z)
+        # the peak is not enclosed yet: step outwards while the budget lasts
+        while self.snaps - snaps0 < self.opts.polish_max_snaps:
+            zs = sorted(samples)
+            best = max(zs, key=lambda z: samples[z])
+            if best == zs[0]:
+                z = new(best - h)
+            elif best == zs[-1]:
+                z = new(best + h)
+            else:
+                break
+            if z is None:
+                break
+            samples[z] = yield from self._polish_snap(z)
+
+        zs = sorted(samples)
+        vals = [samples[z] for z in zs]
+        i = int(np.argmax(vals))
+        peak = (
+            _parabola_peak(zs[i - 1 : i + 2], vals[i - 1 : i + 2]) if 0 < i < len(zs) - 1 else None
+        )
+        if not vals[i] > 0 or max(vals) - min(vals) <= _POLISH_MIN_CONTRAST * vals[i]:
+            method, target = "flat", center
+        elif peak is None:
+            method, target = "best_sample", zs[i]
+        else:
+            method, target = "parabola", peak
+        yield from self._go(target, f"polish: {method}")
+        self.polish_result = RefocusPolish(
+            method=method,
+            center_z_um=center,
+            z_um=target,
+            samples=tuple((z, samples[z]) for z in zs),
+            snaps=self.snaps - snaps0,
+            moves=self.moves - moves0,
+        )
+        return self.polish_result
+
+    def _polish_snap(self, z_um: float) -> Generator[RefocusStep, None, float]:
+        """Go to `z_um`, snap and return the content sharpness (no prediction)."""
+        if abs(z_um - self.z_um) > _Z_EPS_UM:
+            self._travel(z_um)
+            yield self._step("move", f"polish: moved to {z_um:.3f} µm")
+        image = self._snap()
+        assert self.boxes is not None
+        value = _sharpness(image, self.boxes)
+        yield self._step(
+            "polish", f"polish snap at {z_um:.3f} µm: sharpness {value:.4g}", None, image
+        )
+        return value
+
     def _go(self, z_um: float, why: str) -> Generator[RefocusStep, None, None]:
         if abs(z_um - self.z_um) > _Z_EPS_UM:
             self._travel(z_um)
@@ -1028,6 +1237,41 @@ def _hill_climb(
         z_max_um=hi,
         max_snaps=opts.fallback_max_snaps,
     )
+
+
+def _parabola_peak(z_um: Any, sharpness: Any) -> float | None:
+    """Vertex of the parabola through three ``(z, log sharpness)`` points, if a maximum.
+
+    Parameters
+    ----------
+    z_um, sharpness : sequence of float
+        Three distinct positions and their (positive) sharpness values.
+
+    Returns
+    -------
+    float or None
+        The position of the maximum, or ``None`` when the points do not
+        describe one inside ``[min(z_um), max(z_um)]`` (a convex or straight
+        fit, a non-positive or non-finite value, repeated positions).
+    """
+    z = np.asarray(z_um, dtype=np.float64)
+    s = np.asarray(sharpness, dtype=np.float64)
+    if z.shape != (3,) or s.shape != (3,):
+        raise ValueError(f"need three positions and three values, got {z.shape}, {s.shape}")
+    if not (np.all(np.isfinite(z)) and np.all(np.isfinite(s)) and np.all(s > 0)):
+        return None
+    order = np.argsort(z)
+    z, y = z[order], np.log(s[order])
+    if np.min(np.diff(z)) <= _Z_EPS_UM:
+        return None
+    # divided differences: y = y0 + b1 (z - z0) + a (z - z0)(z - z1)
+    b1 = (y[1] - y[0]) / (z[1] - z[0])
+    b2 = (y[2] - y[1]) / (z[2] - z[1])
+    a = (b2 - b1) / (z[2] - z[0])
+    if not a < 0:
+        return None
+    peak = float(0.5 * (z[0] + z[1]) - b1 / (2.0 * a))
+    return peak if z[0] <= peak <= z[2] and math.isfinite(peak) else None
 
 
 def _excursion_um(model: Any, opts: RefocusOptions) -> float:
