@@ -31,19 +31,18 @@ from qtpy.QtWidgets import (
 
 from napari_sparsefocus.core._overlay import (
     RequestTracker,
-    heatmap_placement,
     image_pixel_size_um,
-    patch_label,
-    patch_rectangles,
     plane_index,
     summary_text,
 )
+
+from ._overlay_layers import find_overlay_layer, show_prediction_layers
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
     import napari
-    from napari.layers import Image, Shapes
+    from napari.layers import Image
 
     from napari_sparsefocus.core._overlay import PlaneRequest
     from napari_sparsefocus.core.nn import DefocusPrediction, SparseFocusModel
@@ -61,7 +60,6 @@ _BUNDLED = "bundled default"
 _FILE = "model file"
 _OBJECT = "model set from Python"
 _DEBOUNCE_MS = 150
-_PATCH_COLOR = "cyan"
 
 Plane = tuple[int, ...]
 
@@ -597,79 +595,20 @@ class FocusAnalysisWidget(QWidget):
 
     def _overlay_layer(self, role: str) -> Any:
         """Return this plugin's overlay layer with ``role`` (found by metadata, not name)."""
-        for lay in self.viewer.layers:
-            if lay.metadata.get("sparsefocus_overlay") == role and lay.ndim == 2:
-                return lay
-        return None
+        return find_overlay_layer(self.viewer, role)
 
     def _show(self, layer: Image, plane: Plane, pred: DefocusPrediction) -> None:
         """Put ``pred`` into the heatmap and patch layers and the summary."""
-        scale_yx = tuple(float(s) for s in layer.scale[-2:])
-        translate_yx = tuple(float(t) for t in layer.translate[-2:])
-        importance = np.asarray(pred.importance, dtype=np.float32)
-        place = heatmap_placement(
-            pred.crop_box_px, importance.shape, pixel_scale=scale_yx, translate=translate_yx
+        show_prediction_layers(
+            self.viewer,
+            pred,
+            scale_yx=tuple(float(s) for s in layer.scale[-2:]),
+            translate_yx=tuple(float(t) for t in layer.translate[-2:]),
+            heatmap_name=HEATMAP_LAYER,
+            patches_name=PATCHES_LAYER,
+            roles=("importance", "patches"),
+            metadata={"source_layer": layer.name, "plane": plane},
         )
-        meta = {"source_layer": layer.name, "plane": plane}
-        heat: Image | None = self._overlay_layer("importance")
-        if heat is None:
-            heat = self.viewer.add_image(
-                importance,
-                name=HEATMAP_LAYER,
-                scale=place.scale,
-                translate=place.translate,
-                colormap="inferno",
-                opacity=0.5,
-                contrast_limits=(0.0, 1.0),
-                metadata={"sparsefocus_overlay": "importance", **meta},
-            )
-        else:
-            heat.data = importance
-            heat.scale = place.scale
-            heat.translate = place.translate
-            heat.metadata.update(meta)
-
-        rects = patch_rectangles([p.box_px for p in pred.patches])
-        features = {
-            "label": [patch_label(p.defocus_um) for p in pred.patches],
-            "defocus_um": [float(p.defocus_um) for p in pred.patches],
-            "importance": [float(p.importance) for p in pred.patches],
-            "row": [int(p.row) for p in pred.patches],
-            "col": [int(p.col) for p in pred.patches],
-        }
-        # edges 3 % of a patch wide (in image pixels: the layer's scale applies)
-        edge = max(1.0, 0.03 * (pred.crop_box_px[2] - pred.crop_box_px[0]) / importance.shape[0])
-        shapes: Shapes | None = self._overlay_layer("patches")
-        if shapes is None:
-            shapes = self.viewer.add_shapes(
-                list(rects),
-                shape_type="rectangle",
-                name=PATCHES_LAYER,
-                edge_color=_PATCH_COLOR,
-                face_color="transparent",
-                edge_width=edge,
-                features=features,
-                text={
-                    "string": "{label}",
-                    "color": _PATCH_COLOR,
-                    "size": 10,
-                    "anchor": "center",
-                },
-                scale=scale_yx,
-                translate=translate_yx,
-                metadata={"sparsefocus_overlay": "patches", **meta},
-            )
-        else:
-            shapes.selected_data = set()
-            shapes.data = []
-            if len(rects):
-                shapes.add_rectangles(
-                    list(rects), edge_width=edge, edge_color=_PATCH_COLOR, face_color="transparent"
-                )
-            shapes.features = features
-            shapes.scale = scale_yx
-            shapes.translate = translate_yx
-            shapes.metadata.update(meta)
         self.prediction = pred
         self.shown_plane = tuple(plane)
         self.summary_label.setText(summary_text(pred, plane=plane))

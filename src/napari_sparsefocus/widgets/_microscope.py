@@ -55,14 +55,12 @@ from qtpy.QtWidgets import (
 from superqt.utils import ensure_main_thread
 
 from napari_sparsefocus.core._overlay import (
-    heatmap_placement,
-    patch_label,
-    patch_rectangles,
     summary_text,
 )
 from napari_sparsefocus.hardware._camera import frame_to_rgb
 
-from ._analysis import _PATCH_COLOR, HEATMAP_LAYER, PATCHES_LAYER
+from ._analysis import HEATMAP_LAYER, PATCHES_LAYER
+from ._overlay_layers import show_prediction_layers as _show_layers
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Generator, Iterator, Sequence
@@ -331,32 +329,18 @@ def show_prediction_layers(
     *,
     scale_yx: Sequence[float] = (1.0, 1.0),
     translate_yx: Sequence[float] = (0.0, 0.0),
-    heatmap_name: str = LIVE_HEATMAP_LAYER,
-    patches_name: str = LIVE_PATCHES_LAYER,
-    roles: tuple[str, str] = (_HEAT_ROLE, _PATCH_ROLE),
     metadata: dict[str, Any] | None = None,
 ) -> tuple[Image, Shapes]:
-    """Show a prediction as an importance heatmap and top-k rectangles over an image.
-
-    The layers look exactly as the focus-analysis widget's (inferno heatmap
-    at 50 % opacity over the analysed crop, cyan rectangles labelled with
-    each patch's defocus) and use the same geometry
-    (:func:`~napari_sparsefocus.core._overlay.heatmap_placement`,
-    :func:`~napari_sparsefocus.core._overlay.patch_rectangles`).
+    """Show ``pred`` in the live overlay layers (shared builder: ``_overlay_layers``).
 
     Parameters
     ----------
     viewer : napari.viewer.Viewer
         The viewer.
     pred : DefocusPrediction
-        The model's answer for the image.
+        The model's answer for the live frame.
     scale_yx, translate_yx : sequence of float
-        The image layer's ``(y, x)`` scale and translate.
-    heatmap_name, patches_name : str
-        Layer names (default: the live overlay's).
-    roles : tuple of str
-        ``metadata["sparsefocus_overlay"]`` of the two layers; layers are
-        found again by role, so renaming them is harmless.
+        The live layer's ``(y, x)`` scale and translate.
     metadata : dict, optional
         More metadata for both layers.
 
@@ -365,67 +349,16 @@ def show_prediction_layers(
     heatmap : napari.layers.Image
     patches : napari.layers.Shapes
     """
-    scale = tuple(float(s) for s in scale_yx)
-    translate = tuple(float(t) for t in translate_yx)
-    meta = dict(metadata or {})
-    importance = np.asarray(pred.importance, dtype=np.float32)
-    place = heatmap_placement(
-        pred.crop_box_px, importance.shape, pixel_scale=scale, translate=translate
+    return _show_layers(
+        viewer,
+        pred,
+        scale_yx=scale_yx,
+        translate_yx=translate_yx,
+        heatmap_name=LIVE_HEATMAP_LAYER,
+        patches_name=LIVE_PATCHES_LAYER,
+        roles=(_HEAT_ROLE, _PATCH_ROLE),
+        metadata=metadata,
     )
-    heat: Image | None = _find_role(viewer, roles[0])
-    if heat is None:
-        heat = viewer.add_image(
-            importance,
-            name=heatmap_name,
-            scale=place.scale,
-            translate=place.translate,
-            colormap="inferno",
-            opacity=0.5,
-            contrast_limits=(0.0, 1.0),
-            metadata={"sparsefocus_overlay": roles[0], **meta},
-        )
-    else:
-        heat.data = importance
-        heat.scale = place.scale
-        heat.translate = place.translate
-        heat.metadata.update(meta)
-
-    rects = patch_rectangles([p.box_px for p in pred.patches])
-    features = {
-        "label": [patch_label(p.defocus_um) for p in pred.patches],
-        "defocus_um": [float(p.defocus_um) for p in pred.patches],
-        "importance": [float(p.importance) for p in pred.patches],
-        "row": [int(p.row) for p in pred.patches],
-        "col": [int(p.col) for p in pred.patches],
-    }
-    edge = max(1.0, 0.03 * (pred.crop_box_px[2] - pred.crop_box_px[0]) / importance.shape[0])
-    shapes: Shapes | None = _find_role(viewer, roles[1])
-    if shapes is None:
-        shapes = viewer.add_shapes(
-            list(rects),
-            shape_type="rectangle",
-            name=patches_name,
-            edge_color=_PATCH_COLOR,
-            face_color="transparent",
-            edge_width=edge,
-            features=features,
-            text={"string": "{label}", "color": _PATCH_COLOR, "size": 10, "anchor": "center"},
-            scale=scale,
-            translate=translate,
-            metadata={"sparsefocus_overlay": roles[1], **meta},
-        )
-    else:
-        shapes.selected_data = set()
-        shapes.data = []
-        if len(rects):
-            shapes.add_rectangles(
-                list(rects), edge_width=edge, edge_color=_PATCH_COLOR, face_color="transparent"
-            )
-        shapes.features = features
-        shapes.scale = scale
-        shapes.translate = translate
-        shapes.metadata.update(meta)
-    return heat, shapes
 
 
 # ---------------------------------------------------------------------- worker bodies
