@@ -141,12 +141,10 @@ def test_refocus_from_random_starts_is_safe_and_mostly_in_focus(requirement_runs
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    reason="the bundled model misreads some sparse fields and the Brenner peak is offset "
-    "from the simulated focus on tissue (see docs/refocus.md, Measured)",
-    strict=False,
-)
 def test_refocus_requirement_all_within_half_dof(requirement_runs, model):
+    # The requirement on these seeded dense and sparse cases. Over many sites
+    # the rate is lower (bench_refocus: 74 % with content, docs/refocus.md), so a
+    # retrained model may break this: that is what it is here to say.
     dof = model.optics.dof_um
     failures = [
         (*case, round(e, 2), r.verdict) for case, e, r in requirement_runs if abs(e) > dof / 2
