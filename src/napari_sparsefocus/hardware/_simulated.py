@@ -288,19 +288,26 @@ def _core_key(core: UniMMCore) -> Any:
 
 
 def _register_state(core: UniMMCore, state: SimulationState) -> None:
-    key = _core_key(core)
     with _REGISTRY_LOCK:
-        if key is None:
-            _QT_FALLBACK[:] = [state]
-        else:
-            _REGISTRY[key] = state
+        _store_unlocked(_core_key(core), state)
+
+
+def _lookup_unlocked(key: Any) -> SimulationState | None:
+    if key is None:
+        return _QT_FALLBACK[0] if _QT_FALLBACK else None
+    return _REGISTRY.get(key)
+
+
+def _store_unlocked(key: Any, state: SimulationState) -> None:
+    if key is None:
+        _QT_FALLBACK[:] = [state]
+    else:
+        _REGISTRY[key] = state
 
 
 def _lookup_state(key: Any) -> SimulationState | None:
     with _REGISTRY_LOCK:
-        if key is None:
-            return _QT_FALLBACK[0] if _QT_FALLBACK else None
-        return _REGISTRY.get(key)
+        return _lookup_unlocked(key)
 
 
 class _SimDevice:
@@ -308,20 +315,28 @@ class _SimDevice:
 
     _state: SimulationState | None
 
+    def __init__(self, state: SimulationState | None = None) -> None:
+        super().__init__()
+        self._state = state
+
+    def initialize(self) -> None:
+        """Resolve the shared state."""
+        _ = self.state
+
+    def shutdown(self) -> None:
+        """Forget the shared state."""
+        self._release_state()
+
     @property
     def state(self) -> SimulationState:
         """The shared simulation state."""
         if self._state is None:
             key = _core_key_of_device(self)
             with _REGISTRY_LOCK:  # get or create, atomically
-                st = (_QT_FALLBACK[0] if _QT_FALLBACK else None) if key is None else None
-                st = st if key is None else _REGISTRY.get(key)
+                st = _lookup_unlocked(key)
                 if st is None:
                     st = SimulationState(VirtualSlide(0))
-                    if key is None:
-                        _QT_FALLBACK[:] = [st]
-                    else:
-                        _REGISTRY[key] = st
+                    _store_unlocked(key, st)
             self._state = st
         return self._state
 
@@ -335,11 +350,11 @@ class _SimDevice:
         except Exception:  # no core proxy any more
             return
         with _REGISTRY_LOCK:
-            if key is None:
-                if _QT_FALLBACK and _QT_FALLBACK[0] is st:
+            if _lookup_unlocked(key) is st:
+                if key is None:
                     _QT_FALLBACK.clear()
-            elif _REGISTRY.get(key) is st:
-                del _REGISTRY[key]
+                else:
+                    del _REGISTRY[key]
 
 
 # ---------------------------------------------------------------------- devices
@@ -357,18 +372,6 @@ class SimulatedCamera(_SimDevice, SimpleCameraDevice):
         Shared state; ``None`` (configuration files) uses the core's registered
         state, or a default one (seed 0) created on first use.
     """
-
-    def __init__(self, state: SimulationState | None = None) -> None:
-        super().__init__()
-        self._state = state
-
-    def initialize(self) -> None:
-        """Resolve the shared state."""
-        _ = self.state
-
-    def shutdown(self) -> None:
-        """Forget the shared state."""
-        self._release_state()
 
     def sensor_shape(self) -> tuple[int, int] | tuple[int, int, int]:
         """``(height, width, 3)`` (``(height, width)`` for monochrome optics)."""
@@ -428,18 +431,6 @@ class SimulatedFocusStage(_SimDevice, StageDevice):
         Shared state (see :class:`SimulatedCamera`).
     """
 
-    def __init__(self, state: SimulationState | None = None) -> None:
-        super().__init__()
-        self._state = state
-
-    def initialize(self) -> None:
-        """Resolve the shared state."""
-        _ = self.state
-
-    def shutdown(self) -> None:
-        """Forget the shared state."""
-        self._release_state()
-
     def get_position_um(self) -> float:
         """Commanded position (µm)."""
         return self.state.z_commanded_um
@@ -497,18 +488,6 @@ class SimulatedXYStage(_SimDevice, XYStageDevice):
         Shared state (see :class:`SimulatedCamera`).
     """
 
-    def __init__(self, state: SimulationState | None = None) -> None:
-        super().__init__()
-        self._state = state
-
-    def initialize(self) -> None:
-        """Resolve the shared state."""
-        _ = self.state
-
-    def shutdown(self) -> None:
-        """Forget the shared state."""
-        self._release_state()
-
     def get_position_um(self) -> tuple[float, float]:
         """Position (µm)."""
         return self.state.xy_um
@@ -565,18 +544,6 @@ class SimulatedShutter(_SimDevice, ShutterDevice):
     state : SimulationState, optional
         Shared state (see :class:`SimulatedCamera`).
     """
-
-    def __init__(self, state: SimulationState | None = None) -> None:
-        super().__init__()
-        self._state = state
-
-    def initialize(self) -> None:
-        """Resolve the shared state."""
-        _ = self.state
-
-    def shutdown(self) -> None:
-        """Forget the shared state."""
-        self._release_state()
 
     def get_open(self) -> bool:
         """Whether the shutter is open."""
