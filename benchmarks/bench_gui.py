@@ -17,31 +17,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
-import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+from napari_sparsefocus._demo import rerun_under_xvfb
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _reexec_under_xvfb() -> None:
-    if os.environ.get("DISPLAY") or os.environ.get("_SF_BENCH_XVFB"):
-        return
-    exe = shutil.which("xvfb-run")
-    if exe is None:
-        raise SystemExit("no display and no xvfb-run (apt-get install xvfb xauth)")
-    env = {**os.environ, "_SF_BENCH_XVFB": "1"}
-    env.pop("QT_QPA_PLATFORM", None)
-    raise SystemExit(
-        subprocess.call(
-            [exe, "-a", "-s", "-screen 0 1600x1000x24", sys.executable, *sys.argv], env=env
-        )
-    )
 
 
 def main() -> None:
@@ -51,7 +35,7 @@ def main() -> None:
     ap.add_argument("--bundled", action="store_true", help="bundled model (default: tiny random)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    _reexec_under_xvfb()
+    rerun_under_xvfb()
 
     import napari
     import numpy as np

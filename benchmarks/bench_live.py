@@ -30,25 +30,13 @@ import gc
 import json
 import os
 import platform
-import shutil
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
+from napari_sparsefocus._demo import rerun_under_xvfb
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _reexec_under_xvfb() -> None:
-    if os.environ.get("DISPLAY") or os.environ.get("_SF_BENCH_XVFB"):
-        return
-    exe = shutil.which("xvfb-run")
-    if exe is None:
-        raise SystemExit("no display and no xvfb-run (apt-get install xvfb xauth)")
-    env = {**os.environ, "_SF_BENCH_XVFB": "1"}
-    env.pop("QT_QPA_PLATFORM", None)
-    raise SystemExit(subprocess.call([exe, "-a", sys.executable, *sys.argv], env=env))
 
 
 def _median_ms(values: list[float]) -> float:
@@ -63,7 +51,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "live.json")
     args = ap.parse_args()
-    _reexec_under_xvfb()
+    rerun_under_xvfb()
 
     import napari
     import numpy as np

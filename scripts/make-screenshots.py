@@ -7,31 +7,15 @@ Microscope widget's screenshots.
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from napari_sparsefocus._demo import rerun_under_xvfb
+
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "images"
-
-
-def _xvfb() -> None:
-    if os.environ.get("DISPLAY") or os.environ.get("_SF_SHOTS_XVFB"):
-        return
-    exe = shutil.which("xvfb-run")
-    if exe is None:
-        raise SystemExit("no display and no xvfb-run (apt-get install xvfb xauth)")
-    env = {**os.environ, "_SF_SHOTS_XVFB": "1"}
-    env.pop("QT_QPA_PLATFORM", None)
-    raise SystemExit(
-        subprocess.call(
-            [exe, "-a", "-s", "-screen 0 1600x1000x24", sys.executable, *sys.argv], env=env
-        )
-    )
 
 
 def _waiters(app):
@@ -90,7 +74,7 @@ def microscope_shots(app) -> None:
 
 
 def main() -> None:
-    _xvfb()
+    rerun_under_xvfb()
     import torch
     from qtpy.QtWidgets import QApplication
 

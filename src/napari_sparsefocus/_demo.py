@@ -11,6 +11,8 @@ message naming what is missing (it works under ``xvfb-run``).
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +54,35 @@ def missing_display(environ: dict[str, str] | None = None) -> str | None:
             "`sparsefocus demo --text` prints the focus analysis without a window."
         )
     return None
+
+
+def rerun_under_xvfb(marker: str = "_SF_XVFB") -> None:
+    """Re-run this Python command under ``xvfb-run`` when there is no display.
+
+    For scripts that need napari's canvas (benchmarks, screenshots). Returns
+    when a display is there (or this already is the re-run, flagged by the
+    ``marker`` environment variable); otherwise exits with the re-run's status.
+    ``QT_QPA_PLATFORM`` is dropped: napari's canvas renders only on an X server.
+
+    Parameters
+    ----------
+    marker : str
+        Environment variable set in the re-run.
+
+    Raises
+    ------
+    SystemExit
+        After the re-run, or when neither a display nor ``xvfb-run`` exists.
+    """
+    if os.environ.get("DISPLAY") or os.environ.get(marker):
+        return
+    exe = shutil.which("xvfb-run")
+    if exe is None:
+        raise SystemExit("no display and no xvfb-run (apt-get install xvfb xauth)")
+    env = {**os.environ, marker: "1"}
+    env.pop("QT_QPA_PLATFORM", None)
+    cmd = [exe, "-a", "-s", "-screen 0 1600x1000x24", sys.executable, *sys.argv]
+    raise SystemExit(subprocess.call(cmd, env=env))
 
 
 def build_demo_viewer(
