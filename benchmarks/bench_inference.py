@@ -69,8 +69,14 @@ for i, p in iter_predict_stack(stack, m, k_mode="fixed", k=9):
 hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1]
 print(int(hwm) / 1024)
 """
-    r = subprocess.run([sys.executable, "-c", measure], capture_output=True, text=True,
-                       cwd=root, env=env, check=True)
+    r = subprocess.run(
+        [sys.executable, "-c", measure],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        env=env,
+        check=True,
+    )
     path.unlink()
     return float(r.stdout.strip().splitlines()[-1])
 
@@ -89,8 +95,9 @@ def _model(path: str | None):
     if path:
         return load_model(path)
     torch.manual_seed(0)
-    return SparseFocusModel(RegionImportanceNetwork(), DefocusPredictionNetwork(),
-                            {"optics": Optics().to_dict()})
+    return SparseFocusModel(
+        RegionImportanceNetwork(), DefocusPredictionNetwork(), {"optics": Optics().to_dict()}
+    )
 
 
 def main() -> None:
@@ -98,8 +105,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--model", default=None)
     ap.add_argument("--skip-memory", action="store_true")
-    ap.add_argument("--out", type=Path,
-                    default=Path(__file__).parent / "results" / "inference.json")
+    ap.add_argument(
+        "--out", type=Path, default=Path(__file__).parent / "results" / "inference.json"
+    )
     args = ap.parse_args()
 
     import torch
@@ -113,7 +121,7 @@ def main() -> None:
     frame = simulate_field("tissue", "dense", seed=3).snap_defocus(4.0)
     res: dict[str, object] = {
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-                   "2 threads",
+        "2 threads",
         "model": args.model or "random init (default sizes)",
         "repeats": args.repeats,
     }

@@ -70,7 +70,16 @@ $SF train --network dpn --data "$RUNS/sbank2" --init-from "$RUNS/dpnS/dpn.json" 
 $SF make-bank "$RUNS/scalbank" --pairs 768 --seed 4 --near-fraction 0.0 --levels $SPARSE_LEVELS \
     --max-patches-per-plane 2 --shard-pairs 256
 $PY scripts/calibrate-side.py "$RUNS/dpnS2/dpn.json" "$RUNS/scalbank" "$RUNS/dpnS2/dpn_cal"
-$SF combine-model "$RUNS/rin/rin.json" "$RUNS/dpnS2/dpn_cal.json" "$MODELS/default"
+$SF combine-model "$RUNS/rin/rin.json" "$RUNS/dpnS2/dpn_cal.json" "$RUNS/default_combined"
+#    the refocus controller's near-focus calibration (posterior of the defocus given the
+#    model's reading, for the snaps it takes after a move): 800 train-split frames of their
+#    own seeds within ±3 µm of focus, read by the combined model (~7 min on two cores)
+$PY scripts/near-focus-frames.py "$RUNS/fcal" --model "$RUNS/default_combined.json" --part 0 2 \
+    > "$RUNS/fcal0.log" 2>&1 &
+$PY scripts/near-focus-frames.py "$RUNS/fcal" --model "$RUNS/default_combined.json" --part 1 2 \
+    > "$RUNS/fcal1.log" 2>&1 &
+wait
+$PY scripts/calibrate-near-focus.py "$RUNS/default_combined.json" "$RUNS/fcal" "$MODELS/default"
 mkdir -p "$MODELS/baselines"
 for net in liao jiang dastidar; do
     cp "$RUNS/$net/$net.json" "$RUNS/$net/$net.safetensors" "$MODELS/baselines/"

@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("pymmcore_plus")
 
-from napari_sparsefocus.core.nn import DefocusPrediction
+from napari_sparsefocus.core.nn import DefocusPrediction, NearFocusCalibration
 from napari_sparsefocus.hardware import (
     RefocusOptions,
     RefocusResult,
@@ -186,6 +186,43 @@ def test_one_shot_with_an_exact_model(microscope):
     assert abs(microscope.true_defocus_um()) < 1e-6
     assert result.tolerance_um == pytest.approx(0.6)  # half the fake model's DoF
     assert result.polish is None
+
+
+class FlooredModel(FakeModel):
+    """A fake model with a near-focus calibration that sends a reading of -1 µm
+    (the bundled DPN's floor at focus) back to 0.1 µm."""
+
+    near_focus_calibration = NearFocusCalibration((-3.0, -1.0, 1.0, 3.0), (-3.0, 0.1, 1.0, 3.0))
+
+
+def _floored(d, n):
+    if n == 1:
+        return d - 0.3  # the first move lands 0.3 µm above focus
+    return d if abs(d) >= 1.0 else -1.0
+
+
+def test_verification_readings_go_through_the_near_focus_calibration(microscope):
+    fake = FlooredModel(microscope, _floored)
+    microscope.move_to_defocus(5.6)
+    result = refocus(microscope.core, fake, polish=False)
+    # the verification at +0.3 µm reads -1 raw, 0.1 calibrated: in focus, no second move
+    assert result.verdict == "in_focus" and result.moves == 1 and result.snaps == 2
+    assert microscope.true_defocus_um() == pytest.approx(0.3, abs=1e-6)
+    # without the calibration the floor sends the stage 1 µm up and around
+    microscope.move_to_defocus(5.6)
+    fake.calls = 0
+    raw = refocus(microscope.core, fake, polish=False, near_focus_calibration=False)
+    assert raw.moves >= 2 and raw.snaps >= 3
+
+
+def test_the_first_reading_is_never_calibrated(microscope):
+    # from an unknown start the near-focus prior does not hold: -1 means "move 1 µm up"
+    fake = FlooredModel(microscope, lambda d, n: d if abs(d) >= 1.0 else -1.0)
+    z0 = microscope.move_to_defocus(0.4)
+    steps = list(itertools.islice(iter_refocus(microscope.core, fake, polish=False), 2))
+    assert [s.phase for s in steps] == ["snap", "move"]
+    assert steps[0].prediction.defocus_um == pytest.approx(-1.0)
+    assert steps[1].z_um == pytest.approx(z0 + 1.0)
 
 
 def test_already_in_focus_does_not_move(microscope):

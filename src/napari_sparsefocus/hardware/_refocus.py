@@ -170,6 +170,12 @@ class RefocusOptions:
         Snap budget of the polish (>= 2): the missing samples of the
         3-point pattern, then one more step outwards while the sharpest
         sample is the outermost one.
+    near_focus_calibration : bool
+        Read the snaps taken after a move through the model's
+        ``near_focus_calibration`` (when it has one): the posterior mean of
+        the defocus given the reading, fitted on frames within a few µm of
+        focus. The raw model reads about -1 µm at focus; the first snap
+        (unknown start) is always read raw.
     """
 
     z_min_um: float | None = None
@@ -195,6 +201,7 @@ class RefocusOptions:
     polish_step_um: float | None = None
     polish_within_um: float | None = None
     polish_max_snaps: int = 4
+    near_focus_calibration: bool = True
 
     def __post_init__(self) -> None:
         for name in (
@@ -771,6 +778,12 @@ class _Refocus:
         if d is not None:
             vals = [abs(float(p.defocus_um)) for p in patches]
             mag = float(np.median(vals)) if vals and all(map(math.isfinite, vals)) else abs(d)
+            cal = getattr(self.model, "near_focus_calibration", None)
+            if self.readings and cal is not None and self.opts.near_focus_calibration:
+                # a verification after a move: the stage is probably near focus, where
+                # the raw reading has a floor of about 1 µm (see NearFocusCalibration)
+                d = float(cal.apply([d])[0])
+                mag = min(mag, abs(d))
         if self.boxes is None:
             self.boxes = _content_boxes(patches, image.shape[:2])
         reading = RefocusReading(self.z_um, d, mag, _sharpness(image, self.boxes))

@@ -7,6 +7,7 @@ subpackage, so they stay free of torch.
 from __future__ import annotations
 
 from ._baselines import DastidarNet, JiangNet, LiaoNet
+from ._calibration import NearFocusCalibration, fit_near_focus_calibration
 from ._config import DastidarConfig, DPNConfig, JiangConfig, LiaoConfig, RINConfig
 from ._dpn import DefocusPredictionNetwork
 from ._inference import (
@@ -46,12 +47,14 @@ __all__ = [
     "LiaoConfig",
     "LiaoNet",
     "ModelFileError",
+    "NearFocusCalibration",
     "PatchPrediction",
     "RINConfig",
     "RegionImportanceNetwork",
     "SparseFocusModel",
     "build_network",
     "check_optics",
+    "fit_near_focus_calibration",
     "iter_predict_stack",
     "load_model",
     "load_model_file",

@@ -13,6 +13,7 @@ import torch
 
 from .._aggregate import aggregate, select_patches
 from .._optics import Optics
+from ._calibration import NearFocusCalibration
 from ._model_io import load_model_file, save_model_file
 from ._preprocess import grid_patches, prepare_image, rin_input
 from ._registry import build_network
@@ -156,6 +157,33 @@ class SparseFocusModel:
         self.patch_px = int(self.config.get("patch_px", 224))
         self.rin_input_px = int(self.config.get("rin_input_px", 512))
         self._rin_takes_grid = _accepts_grid(self.rin)
+        cal = self.config.get("near_focus_calibration")
+        #: Posterior map for readings taken near focus (a refocus controller's
+        #: verification snaps); ``None`` when the model file has none.
+        self.near_focus_calibration = None if cal is None else NearFocusCalibration.from_dict(cal)
+
+    def with_near_focus_calibration(
+        self, calibration: NearFocusCalibration | None
+    ) -> SparseFocusModel:
+        """Return the same networks with a new near-focus calibration (or none).
+
+        Parameters
+        ----------
+        calibration : NearFocusCalibration or None
+            See :func:`~napari_sparsefocus.core.nn.fit_near_focus_calibration`.
+            :meth:`predict` never applies it; the refocus controller does, to
+            the readings it takes after a move.
+
+        Returns
+        -------
+        SparseFocusModel
+            A new model sharing the networks; its config records the calibration.
+        """
+        cfg = dict(self.config)
+        cfg.pop("near_focus_calibration", None)
+        if calibration is not None:
+            cfg["near_focus_calibration"] = calibration.to_dict()
+        return SparseFocusModel(self.rin, self.dpn, cfg)
 
     # ------------------------------------------------------------------ files
     def save(self, path: str | Path) -> tuple[Path, Path]:
@@ -312,7 +340,10 @@ def load_model(path: str | Path | None = None) -> SparseFocusModel:
         except RuntimeError as e:
             raise ValueError(f"{path}: {key} weights do not fit its config: {e}") from None
         modules[key] = net
-    return SparseFocusModel(modules["rin"], modules["dpn"], cfg)
+    try:
+        return SparseFocusModel(modules["rin"], modules["dpn"], cfg)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
 
 
 def predict_defocus(
