@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("pymmcore_plus")
 
-from napari_sparsefocus.core.nn import DefocusPrediction
+from napari_sparsefocus.core.nn import DefocusPrediction, NearFocusCalibration
 from napari_sparsefocus.hardware import FocusLock, FocusLockState, load_simulated_microscope
 from napari_sparsefocus.hardware._camera import snap_image
 from napari_sparsefocus.hardware._focus_lock import FocusLockEvent
@@ -159,6 +159,41 @@ def test_deadband_max_step_and_rate_limit(microscope):
     n = len(lock.corrections)
     feed(lock, core, 5)
     assert len(lock.corrections) == n and lock.state is FocusLockState.LOCKED
+
+
+class FlooredModel(FakeModel):
+    """Reads -1 µm within 1 µm of focus (the bundled DPN's floor); its near-focus
+    calibration sends -1 back to 0.1 µm."""
+
+    near_focus_calibration = NearFocusCalibration((-3.0, -1.0, 1.0, 3.0), (-3.0, 0.1, 1.0, 3.0))
+
+
+def _floor(d):
+    return d if abs(d) >= 1.0 else -1.0
+
+
+@pytest.mark.parametrize("calibrated", [True, False])
+def test_a_reading_floor_at_focus_is_held_by_the_near_focus_calibration(microscope, calibrated):
+    core = microscope.core
+    microscope.move_to_defocus(0.2)
+    lock = FocusLock(
+        core,
+        FlooredModel(microscope, _floor),
+        every_n_frames=1,
+        min_interval_s=0.0,
+        clock=FakeClock(1.0),
+        near_focus_calibration=calibrated,
+    )
+    lock.start()
+    feed(lock, core, 6)
+    if calibrated:
+        # in focus stays in focus: no correction at all
+        assert len(lock.corrections) == 0 and lock.state is FocusLockState.LOCKED
+        assert microscope.true_defocus_um() == pytest.approx(0.2)
+    else:
+        # the raw floor (-1 µm, outside the 0.6 µm dead band) pushes the stage off focus
+        assert len(lock.corrections) >= 1
+        assert abs(microscope.true_defocus_um()) > 0.6 or len(lock.corrections) >= 2
 
 
 def test_every_nth_frame(microscope):

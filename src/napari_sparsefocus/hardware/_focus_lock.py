@@ -139,6 +139,11 @@ class FocusLock:
         Number of events kept in :attr:`history`.
     clock : callable
         Time source in seconds (default ``time.monotonic``; tests pass a fake).
+    near_focus_calibration : bool
+        Read every prediction through the model's ``near_focus_calibration``
+        when it has one (default): a locked stage is near focus, where the raw
+        reading has a floor (the bundled model reads about -1 µm in focus,
+        outside the default dead band); the map is the identity beyond a few µm.
 
     Notes
     -----
@@ -168,6 +173,7 @@ class FocusLock:
         focus_device: str | None = None,
         history_len: int = 1000,
         clock: Callable[[], float] = time.monotonic,
+        near_focus_calibration: bool = True,
     ) -> None:
         for name, n in (
             ("every_n_frames", every_n_frames),
@@ -222,6 +228,8 @@ class FocusLock:
         self.pixel_size_um = pixel_size_um
         self.focus_device = focus_device
         self.clock = clock
+        cal = getattr(self.model, "near_focus_calibration", None)
+        self._calibration = cal if near_focus_calibration else None
         self._history: collections.deque[FocusLockEvent] = collections.deque(maxlen=history_len)
         self._corrections: collections.deque[FocusLockEvent] = collections.deque(maxlen=history_len)
         self._lock = threading.Lock()
@@ -355,6 +363,10 @@ class FocusLock:
             what = "no usable content" if d is None else f"non-finite prediction {d!r}"
             return self._record(now, z, None, 0.0, f"{what}: holding still")
         d = float(d)
+        if self._calibration is not None:
+            # a locked stage is near focus, where the raw reading has a floor of about
+            # 1 µm; the model's near-focus map is the identity beyond a few µm
+            d = float(self._calibration.apply([d])[0])
         self._empties = 0
         agree = getattr(pred, "direction_agreement", 1.0)
         if _is_finite_number(agree) and agree < self.min_direction_agreement:
