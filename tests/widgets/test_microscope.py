@@ -147,6 +147,19 @@ def test_refocus_button_logs_and_moves(setup, qtbot):
     widget.set_live(False)
 
 
+def test_polish_checkbox_reaches_the_controller(setup, qtbot):
+    _, widget, _, _ = setup
+    assert widget.refocus_options().polish  # the controller's default
+    widget.polish_check.setChecked(False)
+    assert widget.refocus_options().polish is False
+    widget.refocus_button.click()
+    qtbot.waitUntil(
+        lambda: widget.log_table.rowCount() == 1 and not widget.busy, timeout=TIMEOUT_MS
+    )
+    [result] = widget.refocus_results
+    assert result.polish is None and "polished" not in result.message
+
+
 def test_refocus_stop_cancels(setup, qtbot, bundled):
     widget = setup[1]
     widget.set_model(SlowModel(bundled.rin, bundled.dpn, bundled.config))

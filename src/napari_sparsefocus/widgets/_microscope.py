@@ -695,6 +695,12 @@ class MicroscopeWidget(QWidget):
         self.max_move_spin.setSuffix(" µm")
         self.fallback_combo = QComboBox()
         self.fallback_combo.addItems(list(_FALLBACKS))
+        self.polish_check = QCheckBox("sharpness polish")
+        self.polish_check.setChecked(True)
+        self.polish_check.setToolTip(
+            "finish with a 3-point Brenner parabola around the model's focus: "
+            "more precise on most content, about two more snaps"
+        )
         self.refocus_button = QPushButton("Refocus")
         self.refocus_button.clicked.connect(self.refocus)
         self.stop_button = QPushButton("Stop")
@@ -728,6 +734,7 @@ class MicroscopeWidget(QWidget):
         form.addRow("z max", self.z_max_spin)
         form.addRow("max move", self.max_move_spin)
         form.addRow("fallback", self.fallback_combo)
+        form.addRow("", self.polish_check)
         tab = QWidget()
         layout = QVBoxLayout(tab)
         layout.addLayout(form)
@@ -1442,6 +1449,7 @@ class MicroscopeWidget(QWidget):
             z_max_um=self.z_max_spin.value(),
             max_move_um=self.max_move_spin.value(),
             fallback=_FALLBACKS[self.fallback_combo.currentText()],
+            polish=self.polish_check.isChecked(),
         )
 
     def set_fallback(self, fallback: str) -> None:
