@@ -8,9 +8,10 @@
 #   make model                    # or: bash scripts/train-default-model.sh
 #   STEPS=4000 RUNS=runs-long bash scripts/train-default-model.sh   # a longer budget
 #
-# About 125 min on 2 CPU cores (2026-11): bank 18 min, RIN 13 min (in parallel),
+# About 4 h on 2 CPU cores (2026-11): bank 18 min, RIN 13 min (in parallel),
 # the four patch networks 2 × 30 min (two at a time, one thread each), the two sparse
-# fine-tune rounds of the DPN 18 + 28 min, report 10-20 min. The bundled DPN was trained in runs/dpnB
+# fine-tune rounds of the DPN 18 + 28 min and of the baselines ~90 min (two at a time),
+# calibrations ~10 min, report 15 min. The bundled DPN was trained in runs/dpnB
 # (the same command as runs/dpn here) before the fine-tune; its record names that folder.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -65,6 +66,24 @@ $SF train --network dpn --data "$RUNS/sbank2" --init-from "$RUNS/dpnS/dpn.json" 
     --network-config '{"output_scale_um": 10.0, "layer_scale_init": 0.1, "colour_sharpness_scales": [1, 2, 4, 8, 16], "sign_magnitude_head": true}' \
     --out-dir "$RUNS/dpnS2" > "$RUNS/dpnS2.log" 2>&1
 
+#    the same two rounds for the learned baselines (the same budget as the DPN's fine-tune:
+#    Liao and Jiang 1000 + 1500 steps, Dastidar 300 + 450, its steps being ~3.5x dearer;
+#    ~50 + 55 + 36 min, two at a time)
+baseline_rounds() {
+    local net=$1 s1=$2 s2=$3
+    $SF train --network "$net" --data "$RUNS/sbank" --init-from "$RUNS/$net/$net.json" \
+        --steps "$s1" --batch-size 32 --lr 3e-4 --lr-schedule cosine --seed 1 --num-threads 1 \
+        --checkpoint-every 100 --no-progress --network-config '{"output_scale_um": 10.0}' \
+        --out-dir "$RUNS/${net}S" > "$RUNS/${net}S.log" 2>&1
+    $SF train --network "$net" --data "$RUNS/sbank2" --init-from "$RUNS/${net}S/$net.json" \
+        --steps "$s2" --batch-size 32 --lr 2e-4 --lr-schedule cosine --seed 2 --num-threads 1 \
+        --checkpoint-every 100 --no-progress --network-config '{"output_scale_um": 10.0}' \
+        --out-dir "$RUNS/${net}S2" > "$RUNS/${net}S2.log" 2>&1
+}
+baseline_rounds jiang 1000 1500 &
+(baseline_rounds dastidar 300 450 && baseline_rounds liao 1000 1500) &
+wait
+
 # 4. calibrate the DPN's side-of-focus logit on a train-split bank of its own seed (same
 #    level mix), then bundle the pipeline and the baselines inside the package
 $SF make-bank "$RUNS/scalbank" --pairs 768 --seed 4 --near-fraction 0.0 --levels $SPARSE_LEVELS \
@@ -82,7 +101,7 @@ wait
 $PY scripts/calibrate-near-focus.py "$RUNS/default_combined.json" "$RUNS/fcal" "$MODELS/default"
 mkdir -p "$MODELS/baselines"
 for net in liao jiang dastidar; do
-    cp "$RUNS/$net/$net.json" "$RUNS/$net/$net.safetensors" "$MODELS/baselines/"
+    cp "$RUNS/${net}S2/$net.json" "$RUNS/${net}S2/$net.safetensors" "$MODELS/baselines/"
 done
 
 # 5. the evaluation report (docs/evaluation) and the accuracy targets
