@@ -1189,8 +1189,6 @@ class MicroscopeWidget(QWidget):
 
     def snap(self) -> None:
         """Snap one image (in a worker; live mode stops first)."""
-        from napari.qt.threading import create_worker
-
         core = self._core
         if core is None:
             self._error("connect a microscope first")
@@ -1199,10 +1197,7 @@ class MicroscopeWidget(QWidget):
             return
         if self.is_live:
             self.set_live(False)
-        worker = create_worker(
-            _snap, core, _start_thread=False, _connect={"errored": self._on_worker_error}
-        )
-        worker.finished.connect(lambda: self._on_snap_finished(worker))
+        worker = self._worker(_snap, core, finished=self._on_snap_finished)
         self._snap_worker = worker
         worker.start()
 
@@ -1273,8 +1268,6 @@ class MicroscopeWidget(QWidget):
         (snapped frames) analyses the newest frame as soon as the running
         prediction ends.
         """
-        from napari.qt.threading import create_worker
-
         frame = self._latest
         if self._closed or frame is None or not self.overlay_check.isChecked():
             return
@@ -1287,16 +1280,14 @@ class MicroscopeWidget(QWidget):
         self._predict_pending = False
         self._last_predict_t = now
         px = self._pixel_size_um if self._pixel_size_um > 0 else None
-        worker = create_worker(
+        worker = self._worker(
             _predict,
             self._models,
             frame,
             px,
-            _start_thread=False,
-            _connect={"errored": self._on_worker_error},
+            returned=self._on_prediction,
+            finished=self._on_predict_finished,
         )
-        worker.returned.connect(self._on_prediction)
-        worker.finished.connect(lambda: self._on_predict_finished(worker))
         self._predict_worker = worker
         worker.start()
 
@@ -1329,8 +1320,6 @@ class MicroscopeWidget(QWidget):
 
     def set_focus_lock(self, on: bool) -> None:
         """Switch the focus lock on (live mode starts) or off."""
-        from napari.qt.threading import create_worker
-
         core = self._core
         if not on or core is None:
             if self.focus_lock is not None:
@@ -1352,16 +1341,14 @@ class MicroscopeWidget(QWidget):
             "z_min_um": self.z_min_spin.value(),
             "z_max_um": self.z_max_spin.value(),
         }
-        worker = create_worker(
+        worker = self._worker(
             _make_lock,
             core,
             self._models,
             kwargs,
-            _start_thread=False,
-            _connect={"errored": self._on_worker_error},
+            returned=self._on_lock_made,
+            finished=self._on_lock_worker_finished,
         )
-        worker.returned.connect(self._on_lock_made)
-        worker.finished.connect(lambda: self._on_lock_worker_finished(worker))
         self._lock_worker = worker
         worker.start()
 
@@ -1392,22 +1379,18 @@ class MicroscopeWidget(QWidget):
             self.set_live(True)
 
     def _maybe_feed_lock(self, rgb: NDArray[Any]) -> None:
-        from napari.qt.threading import create_worker
-
         lock = self.focus_lock
         if lock is None or not lock.running or self._lock_worker is not None:
             return  # dropped: the lock still works on an earlier frame
         if self._operation_running:
             return
-        worker = create_worker(
+        worker = self._worker(
             _lock_frame,
             lock,
             rgb,
-            _start_thread=False,
-            _connect={"errored": self._on_worker_error},
+            returned=self._on_lock_event,
+            finished=self._on_lock_worker_finished,
         )
-        worker.returned.connect(self._on_lock_event)
-        worker.finished.connect(lambda: self._on_lock_worker_finished(worker))
         self._lock_worker = worker
         worker.start()
 
@@ -1464,8 +1447,6 @@ class MicroscopeWidget(QWidget):
 
     def refocus(self) -> None:
         """Refocus once (in a worker, with progress; Stop cancels)."""
-        from napari.qt.threading import create_worker
-
         core = self._core
         if core is None:
             self._error("connect a microscope first")
@@ -1480,18 +1461,16 @@ class MicroscopeWidget(QWidget):
             return
         self._pause_live()
         self._refocus_stop.clear()
-        worker = create_worker(
+        worker = self._worker(
             _run_refocus,
             core,
             self._models,
             options,
             self._refocus_stop,
-            _start_thread=False,
-            _connect={"errored": self._on_worker_error},
+            yielded=self._on_refocus_step,
+            returned=self._on_refocus_result,
+            finished=self._on_refocus_finished,
         )
-        worker.yielded.connect(self._on_refocus_step)
-        worker.returned.connect(self._on_refocus_result)
-        worker.finished.connect(lambda: self._on_refocus_finished(worker))
         self._refocus_worker = worker
         self.refocus_progress.setRange(0, 0)  # busy
         self.status_label.setText("refocusing…")
@@ -1548,8 +1527,6 @@ class MicroscopeWidget(QWidget):
 
     def run_focus_map(self) -> None:
         """Scan the focus map(s) around the current position (in a worker)."""
-        from napari.qt.threading import create_worker
-
         core = self._core
         if core is None:
             self._error("connect a microscope first")
@@ -1565,7 +1542,8 @@ class MicroscopeWidget(QWidget):
         clock = None if scope is None else (lambda: scope.sim_time_s)
         truth = None if scope is None else scope.slide.z_focus_um
         self._pause_live()
-        worker = create_worker(
+        n_methods = len(methods)
+        worker = self._worker(
             _run_focus_maps,
             core,
             self._models,
@@ -1575,13 +1553,10 @@ class MicroscopeWidget(QWidget):
             methods=methods,
             clock=clock,
             truth=truth,
-            _start_thread=False,
-            _connect={"errored": self._on_worker_error},
+            yielded=lambda item: self._on_map_step(item, n_methods),
+            returned=self._on_map_result,
+            finished=self._on_map_finished,
         )
-        n_methods = len(methods)
-        worker.yielded.connect(lambda item: self._on_map_step(item, n_methods))
-        worker.returned.connect(self._on_map_result)
-        worker.finished.connect(lambda: self._on_map_finished(worker))
         self._map_worker = worker
         self.map_progress.setValue(0)
         self.cost_label.setText("scanning…")
@@ -1740,6 +1715,31 @@ class MicroscopeWidget(QWidget):
         if not self._closed:
             self.status_label.setText(f"error: {type(exc).__name__}: {exc}")
         log.error("microscope widget worker failed", exc_info=exc)
+
+    def _worker(
+        self,
+        fn: Callable[..., Any],
+        *args: Any,
+        finished: Callable[[Any], None],
+        returned: Callable[[Any], None] | None = None,
+        yielded: Callable[[Any], None] | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Return a napari thread worker (not started) running ``fn(*args, **kwargs)``.
+
+        Its errors reach the status line; ``finished(worker)`` runs when it ends.
+        """
+        from napari.qt.threading import create_worker
+
+        worker = create_worker(
+            fn, *args, _start_thread=False, _connect={"errored": self._on_worker_error}, **kwargs
+        )
+        if yielded is not None:
+            worker.yielded.connect(yielded)
+        if returned is not None:
+            worker.returned.connect(returned)
+        worker.finished.connect(lambda: finished(worker))
+        return worker
 
     # ------------------------------------------------------------------ teardown
     def close_all(self) -> None:
