@@ -1,13 +1,17 @@
-"""Where is the sharpest plane? The simulator's focus label vs the focus-measure peak.
+"""Where is the sharpest plane? The simulator's focus label vs focus-measure peaks.
 
-The simulator puts a field's focus (``SimulatedField.z_focus_um``, the label the
-model learns and the refocus benchmark scores against) at the content-weighted
-mean of its depth layers' best planes. A sharpness-based autofocus (hill climb,
-the refocus polish) goes to the peak of a focus measure instead. This measures,
-per kind and sparsity, how far that peak lies from the label on noise-free
-renders (0.25 µm grid over ±3 µm, then 0.05 µm around the best sample): the
-share of fields whose peak is within DoF/2 of the label is the ceiling of any
-sharpness-based refocus scored against the label.
+The simulator's focus label (``SimulatedField.z_focus_um``: the label the model
+learns and the refocus benchmark scores against) is the Brenner peak of the
+noise-free field, found by a coarse-to-fine search that starts at the
+content-weighted mean of the depth layers' best planes
+(``SimulatedField.layer_focus_um``, the label before 2026-11-30). This
+measures, per kind and sparsity, on noise-free renders (0.25 µm grid over
+±3 µm, then 0.05 µm around the best sample):
+
+* where each focus measure peaks relative to the label (Brenner should be
+  within the grid step: a check of the label search; Tenengrad and the
+  normalised variance show how far other sharpness autofocus would land);
+* how far the old label (the layers' mean focus) lies from the new one.
 
 Run: ``nice -n 15 .venv/bin/python benchmarks/bench_focus_label.py [--fields 6]``
 Writes benchmarks/results/focus_label.json.
@@ -69,6 +73,7 @@ def main() -> None:
     for kind in ("cell", "tissue"):
         for level in LEVELS:
             offsets: dict[str, list[float]] = {m: [] for m in measures}
+            layer: list[float] = []
             for i in range(args.fields):
                 fld = simulate_field(
                     kind,
@@ -80,6 +85,7 @@ def main() -> None:
                 )
                 for name, v in _peaks(fld, measures).items():
                     offsets[name].append(v)
+                layer.append(fld.layer_focus_um - fld.z_focus_um)
             groups[f"{kind} {level}"] = {
                 name: {
                     "offsets_um": [round(v, 2) for v in vals],
@@ -88,10 +94,15 @@ def main() -> None:
                 }
                 for name, vals in offsets.items()
             }
+            groups[f"{kind} {level}"]["layer_focus_minus_label_um"] = {
+                "offsets_um": [round(v, 2) for v in layer],
+                "mean_um": round(statistics.fmean(layer), 3),
+            }
             b = groups[f"{kind} {level}"]["brenner"]
             print(
                 f"{kind:6s} {level:16s} Brenner peak - label: mean {b['mean_um']:+.2f} µm, "
-                f"{b['within_half_dof_pct']:.0f} % within DoF/2  {b['offsets_um']}",
+                f"{b['within_half_dof_pct']:.0f} % within DoF/2  {b['offsets_um']}; "
+                f"layers' focus - label: mean {statistics.fmean(layer):+.2f} µm",
                 flush=True,
             )
     overall = {

@@ -81,6 +81,34 @@ def test_sharpness_peaks_at_focus_and_falls_with_defocus_on_dense_content(kind):
     assert np.all(np.diff(curve[peak + 1 :]) < 0)
 
 
+@pytest.mark.parametrize(("kind", "sparsity"), [("cell", "sparse"), ("tissue", "dense")])
+def test_focus_label_is_the_sharpest_plane_of_the_noise_free_field(kind, sparsity):
+    """z_focus_um is the Brenner peak (as a z-stack labeller would pick it)."""
+    fld = simulate_field(kind, sparsity, seed=4, shape_px=SMALL)
+
+    def sharpness(dz):
+        return brenner(fld.snap_defocus(dz, noise=False).astype(float), channel_axis=-1)
+
+    at_label = sharpness(0.0)
+    for dz in (-0.6, -0.3, -0.15, 0.15, 0.3, 0.6):
+        assert sharpness(dz) < at_label, dz
+    # the search starts from the layers' mean focus; it is a real search, not a copy
+    assert np.isfinite(fld.layer_focus_um)
+    assert abs(fld.z_focus_um - fld.layer_focus_um) <= 3.0
+
+
+def test_thick_tissue_is_sharpest_below_its_layers_mean_focus():
+    """H&E tissue: the sharpest plane lies below the content-weighted layer focus."""
+    fields = [simulate_field("tissue", "dense", seed=s, shape_px=SMALL) for s in (1, 2, 3)]
+    offsets = [f.z_focus_um - f.layer_focus_um for f in fields]
+    assert np.mean(offsets) < -0.1
+
+
+def test_empty_field_keeps_the_layer_focus():
+    fld = simulate_field("cell", "empty", seed=2, shape_px=SMALL)
+    assert fld.z_focus_um == fld.layer_focus_um
+
+
 @pytest.mark.slow
 def test_focus_curve_is_flat_and_untrustworthy_on_extremely_sparse_content():
     """Full 2016 px fields: 1–3 content patches of 81 give a flat Brenner curve."""

@@ -175,6 +175,34 @@ def test_rin_stream_shapes_and_labels():
         RINFieldStream(2, sparsity_probabilities={"crowded": 1.0})
 
 
+def test_rin_stream_draws_smaller_grids_at_the_inference_scale():
+    """A 5 × 5 batch has the input side rin_input gives a 1120 px camera (256 · 5 / 9)."""
+    s = RINFieldStream(2, seed=3, input_px=256, grid_sizes=(3, 5))
+    seen = set()
+    for step in range(6):
+        x, y = s.batch(step)
+        g = y.shape[-1]
+        seen.add(g)
+        assert y.shape == (2, g, g)
+        assert x.shape == (2, 3, round(256 * g / 9), round(256 * g / 9))
+    assert seen == {3, 5}
+    with pytest.raises(ValueError, match="grid_sizes"):
+        RINFieldStream(2, grid_sizes=(10,))
+
+
+def test_rin_trains_on_mixed_grid_sizes(tmp_path):
+    cfg = _tiny_cfg(tmp_path, steps=2, rin_grid_sizes=(3, 4), input_px=96)
+    records, res = _run_all(iter_train(cfg))
+    assert res.step == 2 and all(np.isfinite(r.loss) for r in records)
+    assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    assert cfg.identity()["rin_grid_sizes"] == [3, 4]
+    assert "rin_grid_sizes" not in _tiny_cfg(tmp_path).identity()  # old checkpoints still match
+    with pytest.raises(ValueError, match="RIN only"):
+        TrainConfig(network="dpn", rin_grid_sizes=(5,))
+    with pytest.raises(ValueError, match="1…9"):
+        TrainConfig(network="rin", rin_grid_sizes=(0,))
+
+
 def test_pair_stream_is_delta_apart():
     s = DefocusPairStream(2, seed=0, patch_px=32, delta_um=2.0, defocus_range_um=(-5, 5))
     x, y = s.batch(0)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ._focus_measures import brenner
 from ._optics import Optics
 from ._phantoms import SPARSITY_LEVELS, SPECIMEN_KINDS, Specimen, make_specimen
 from ._psf import best_focus_z_um
@@ -39,6 +41,11 @@ DEFAULT_DEFOCUS_UM: NDArray[np.float64] = np.round(np.linspace(-25.0, 25.0, 101)
 DEFAULT_DEFOCUS_UM.setflags(write=False)
 
 _SPLITS = {"train": 1, "test": 2}
+#: Focus-label search (:meth:`SimulatedField._sharpest_plane`): coarse step,
+#: fine step and the farthest coarse plane from the layers' focus (µm).
+_LABEL_COARSE_UM = 0.25
+_LABEL_FINE_UM = 0.1
+_LABEL_SEARCH_UM = 3.0
 #: number of 9×9 grid cells holding content for each level (inclusive ranges)
 _LEVEL_COUNTS = {
     "dense": (55, 81),
@@ -185,7 +192,8 @@ class SimulatedField:
     """One simulated field of view that can be imaged at any stage position.
 
     Build it with :func:`simulate_field`. ``z_focus_um`` is the stage position
-    of best focus; :meth:`snap_defocus` renders at ``z_focus_um + defocus_um``.
+    of best focus (the sharpest plane, see :attr:`z_focus_um`);
+    :meth:`snap_defocus` renders at ``z_focus_um + defocus_um``.
     """
 
     def __init__(
@@ -220,9 +228,22 @@ class SimulatedField:
         self.illumination = illumination_field(
             self.shape_px, optics.n_channels, _rng(seed, split, 11), strength=illumination_strength
         )
-        self.z_focus_um = self._focus(crop)
+        #: Content-weighted mean of the depth layers' best-focus planes (µm):
+        #: where the sharpness search of :attr:`z_focus_um` starts.
+        self.layer_focus_um = self._layer_focus(crop)
 
-    def _focus(self, crop: tuple[slice, slice]) -> float:
+    @functools.cached_property
+    def z_focus_um(self) -> float:
+        """Stage position of best focus (µm): the focus label.
+
+        The sharpest plane of the noise-free field (the Brenner peak, as a
+        z-stack labeller would pick it), found once on first use by a
+        search that starts at :attr:`layer_focus_um`. Thick tissue is
+        sharpest a few tenths of a µm below its layers' mean focus.
+        """
+        return self._sharpest_plane(self.layer_focus_um)
+
+    def _layer_focus(self, crop: tuple[slice, slice]) -> float:
         """Content-weighted best-focus stage position of the specimen's layers."""
         o = self.optics
         ext = self.specimen.extinction([o.reference_wavelength_um])[:, 0]
@@ -240,6 +261,46 @@ class SimulatedField:
             # no content at all: the mid-plane's focus
             return best_focus_z_um(o.specimen_depth_um, o)
         return float(np.dot(w, zs) / w.sum())
+
+    def _sharpness(self, z_um: float) -> float:
+        """Brenner gradient of the noise-free luma at stage position ``z_um``."""
+        return brenner(self.renderer.intensity(z_um, self.illumination), channel_axis=0)
+
+    def _sharpest_plane(self, start_um: float) -> float:
+        """Stage position of the Brenner peak of the noise-free field (the focus label).
+
+        A z-stack labeller takes the sharpest plane as "in focus"; so does the
+        simulator. The search walks from ``start_um`` (the layers' focus) in
+        steps of ``_LABEL_COARSE_UM`` up the gradient (at most
+        ``_LABEL_SEARCH_UM`` away), fits a parabola through the best coarse
+        plane and its neighbours, then another through three samples
+        ``_LABEL_FINE_UM`` apart around that vertex. Fields without content
+        keep ``start_um``.
+        """
+        if not (self.content_fraction > 0).any():
+            return start_um
+        cache: dict[float, float] = {}
+
+        def f(z: float) -> float:
+            key = round(z, 6)
+            if key not in cache:
+                cache[key] = self._sharpness(key)
+            return cache[key]
+
+        c = _LABEL_COARSE_UM
+        best = start_um
+        for direction in (1.0, -1.0):
+            z = best
+            while abs(z + direction * c - start_um) <= _LABEL_SEARCH_UM and f(
+                z + direction * c
+            ) > f(z):
+                z += direction * c
+            if f(z) > f(best):
+                best = z
+        # parabola through the best coarse plane and its neighbours, then once more
+        # through three fine samples around that vertex
+        z = _vertex(best, c, f(best - c), f(best), f(best + c))
+        return _vertex(z, _LABEL_FINE_UM, f(z - _LABEL_FINE_UM), f(z), f(z + _LABEL_FINE_UM))
 
     def snap(
         self, z_um: float, *, rng: np.random.Generator | None = None, noise: bool = True
@@ -274,6 +335,14 @@ class SimulatedField:
     def snap_defocus(self, defocus_um: float, **kw: Any) -> NDArray[Any]:
         """Render at ``z_focus_um + defocus_um`` (see :meth:`snap`)."""
         return self.snap(self.z_focus_um + float(defocus_um), **kw)
+
+
+def _vertex(z: float, h: float, y0: float, y1: float, y2: float) -> float:
+    """Vertex of the parabola through ``(z - h, y0), (z, y1), (z + h, y2)``, within ±h."""
+    denom = y0 - 2.0 * y1 + y2
+    if not denom < 0:  # not a maximum (flat or convex): keep the best sample
+        return float(z + h * (int(np.argmax([y0, y1, y2])) - 1))
+    return float(z + h * float(np.clip(0.5 * (y0 - y2) / denom, -1.0, 1.0)))
 
 
 def simulate_field(

@@ -524,6 +524,12 @@ class RINFieldStream(StepStream):
     planes_per_field : int
         Defocus values rendered per field (amortises building the field;
         a batch of 16 holds 16 / planes_per_field different fields).
+    grid_sizes : sequence of int
+        Patches per side of the fields, drawn per batch (default ``(9,)``,
+        the paper's 2016 px fields). Smaller grids are rendered as smaller
+        fields and resized at the same scale as :func:`rin_input` does at
+        inference (``input_px · g / 9``), with ``(B, g, g)`` targets: a
+        camera of 1120 px (5 × 5 patches) is then seen as in training.
     rank, start_step, stop_step
         See :class:`StepStream`.
 
@@ -553,6 +559,7 @@ class RINFieldStream(StepStream):
         kinds: Sequence[str] = ("cell", "tissue"),
         sparsity_probabilities: dict[str, float] | None = None,
         planes_per_field: int = 2,
+        grid_sizes: Sequence[int] = (_FULL_GRID,),
         rank: int = 0,
         start_step: int = 0,
         stop_step: int | None = None,
@@ -561,6 +568,10 @@ class RINFieldStream(StepStream):
             batch_size, seed=seed, rank=rank, start_step=start_step, stop_step=stop_step
         )
         _check_split(split)
+        sizes = tuple(int(g) for g in grid_sizes)
+        if not sizes or any(not 1 <= g <= _FULL_GRID for g in sizes):
+            raise ValueError(f"grid_sizes must be 1…{_FULL_GRID} patches, got {tuple(grid_sizes)}")
+        self.grid_sizes = sizes
         for k in kinds:
             if k not in SPECIMEN_KINDS:
                 raise ValueError(f"kind must be one of {SPECIMEN_KINDS}, got {k!r}")
@@ -590,7 +601,7 @@ class RINFieldStream(StepStream):
         self.planes_per_field = int(planes_per_field)
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return ``(fields (B, 3, S, S), importance (B, 9, 9))`` for ``step``.
+        """Return ``(fields (B, 3, S, S), importance (B, g, g))`` for ``step``.
 
         Parameters
         ----------
@@ -603,6 +614,13 @@ class RINFieldStream(StepStream):
             RIN inputs in [0, 1] and W* targets (0/1).
         """
         rng = np.random.default_rng(self.step_seed(step))
+        grid = _FULL_GRID
+        if self.grid_sizes != (_FULL_GRID,):  # (the default draws nothing: old streams unchanged)
+            grid = self.grid_sizes[int(rng.integers(len(self.grid_sizes)))]
+        field_px = RIN_FIELD_PX * grid // _FULL_GRID
+        input_px = self.input_px
+        if grid != _FULL_GRID:
+            input_px = max(32, round(self.input_px * grid / _FULL_GRID))
         lo, hi = self.defocus_range_um
         imgs: list[NDArray[Any]] = []
         maps: list[NDArray[np.float32]] = []
@@ -614,7 +632,7 @@ class RINFieldStream(StepStream):
                 level,
                 self.coarse_optics,
                 int(rng.integers(2**31 - 1)),
-                shape_px=(RIN_FIELD_PX, RIN_FIELD_PX),
+                shape_px=(field_px, field_px),
                 split=self.split,
                 patch_px=RIN_PATCH_PX,
             )
@@ -622,16 +640,16 @@ class RINFieldStream(StepStream):
             for d in rng.uniform(lo, hi, size=n):
                 imgs.append(fld.snap_defocus(float(d), rng=rng))
                 maps.append(fld.importance)
-        x = images_to_tensor(np.stack(imgs))  # (B, 3, 504, 504)
-        if self.input_px != RIN_FIELD_PX:
+        x = images_to_tensor(np.stack(imgs))  # (B, 3, 504, 504) for 9 × 9
+        if input_px != field_px:
             x = F.interpolate(
                 x,
-                size=(self.input_px, self.input_px),
+                size=(input_px, input_px),
                 mode="bilinear",
                 align_corners=False,
                 antialias=False,
             ).clamp_(0.0, 1.0)
-        y = torch.from_numpy(np.stack(maps).astype(np.float32))  # (B, 9, 9)
+        y = torch.from_numpy(np.stack(maps).astype(np.float32))  # (B, g, g)
         return x.contiguous(), y
 
 

@@ -194,6 +194,10 @@ class TrainConfig:
         ``"constant"`` (the paper's, as far as it says) or ``"cosine"``: 3 %
         linear warm-up, then cosine decay to 2 % of ``lr`` at ``steps``. The
         rate is a function of the step, so resumed runs stay bit-identical.
+    rin_grid_sizes : tuple of int, optional
+        RIN on simulated data: patches per side of the training fields, one
+        drawn per batch (default: the paper's 9 × 9 only). Smaller grids
+        teach the RIN the fields of smaller cameras (1120 px = 5 × 5).
     """
 
     network: str = "dpn"
@@ -219,6 +223,7 @@ class TrainConfig:
     command: str = ""
     init_from: str | None = None
     lr_schedule: str = "constant"
+    rin_grid_sizes: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.network not in NETWORKS:
@@ -245,6 +250,17 @@ class TrainConfig:
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise ValueError(f"{name} must be a positive integer or None, got {v!r}")
+        if self.rin_grid_sizes is not None:
+            sizes = tuple(self.rin_grid_sizes)
+            if self.network != "rin":
+                raise ValueError("rin_grid_sizes applies to the RIN only")
+            if not sizes or any(
+                isinstance(g, bool) or not isinstance(g, int) or not 1 <= g <= 9 for g in sizes
+            ):
+                raise ValueError(
+                    f"rin_grid_sizes must be integers 1…9, got {self.rin_grid_sizes!r}"
+                )
+            object.__setattr__(self, "rin_grid_sizes", sizes)
         if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
@@ -329,6 +345,8 @@ class TrainConfig:
         kw = dict(data)
         if "defocus_range_um" in kw:
             kw["defocus_range_um"] = tuple(kw["defocus_range_um"])
+        if kw.get("rin_grid_sizes") is not None:
+            kw["rin_grid_sizes"] = tuple(kw["rin_grid_sizes"])
         return cls(**kw)
 
     def identity(self) -> dict[str, Any]:
@@ -351,6 +369,8 @@ class TrainConfig:
         out["optics"] = Optics.from_dict(dict(self.optics)).to_dict()
         out["lr"] = self.learning_rate
         out["input_px"] = self.resolved_input_px
+        if self.rin_grid_sizes is not None:  # (absent from older checkpoints: 9 × 9 only)
+            out["rin_grid_sizes"] = list(self.rin_grid_sizes)
         if self.data != "simulated":
             out["data"] = str(Path(self.data).resolve())
         return out
@@ -440,13 +460,14 @@ def compute_loss(
         magnitude against ``|defocus|`` plus :data:`SIDE_LOSS_WEIGHT` × the
         BCE of its side-of-focus logit against ``defocus > 0``.
     """
-    out = model(inputs)
     if network == "rin":
+        out = model(inputs, grid=(int(targets.shape[-2]), int(targets.shape[-1])))
         if out.shape != targets.shape:
             raise ValueError(
                 f"RIN output {tuple(out.shape)} does not match the targets {tuple(targets.shape)}"
             )
         return F.binary_cross_entropy_with_logits(out, targets)
+    out = model(inputs)
     parts = getattr(_unwrap(model), "last_head_parts", None)
     if parts is None:
         return F.mse_loss(out.reshape(targets.shape), targets)
@@ -759,6 +780,7 @@ def _make_stream(cfg: TrainConfig, rank: int, start_step: int) -> StepStream:
             optics=optics,
             input_px=px,
             defocus_range_um=cfg.defocus_range_um,
+            grid_sizes=cfg.rin_grid_sizes or (9,),
             **common,
         )
     if cfg.network == "dastidar":
@@ -1200,6 +1222,15 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--delta-um", type=float, default=d.delta_um, help="Dastidar shot step")
     parser.add_argument(
+        "--rin-grid-sizes",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="G",
+        help="RIN: patches per side of the simulated training fields, one drawn per batch "
+        "(default 9; e.g. 5 7 9 for cameras smaller than 2016 px)",
+    )
+    parser.add_argument(
         "--no-augment", action="store_true", help="no colour jitter / quarter turns"
     )
     parser.add_argument("--num-workers", type=int, default=d.num_workers, help="data workers")
@@ -1274,6 +1305,7 @@ def config_from_args(args: argparse.Namespace, command: Sequence[str] | None = N
         dump_rank_state=args.dump_rank_state,
         command=" ".join(cmd),
         init_from=args.init_from,
+        rin_grid_sizes=None if args.rin_grid_sizes is None else tuple(args.rin_grid_sizes),
     )
 
 
