@@ -191,16 +191,22 @@ def test_rin_stream_draws_smaller_grids_at_the_inference_scale():
 
 
 def test_rin_trains_on_mixed_grid_sizes(tmp_path):
-    cfg = _tiny_cfg(tmp_path, steps=2, rin_grid_sizes=(3, 4), input_px=96)
+    cfg = _tiny_cfg(
+        tmp_path, steps=2, rin_grid_sizes=(3, 4), rin_levels=("sparse", "empty"), input_px=96
+    )
     records, res = _run_all(iter_train(cfg))
     assert res.step == 2 and all(np.isfinite(r.loss) for r in records)
     assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     assert cfg.identity()["rin_grid_sizes"] == [3, 4]
-    assert "rin_grid_sizes" not in _tiny_cfg(tmp_path).identity()  # old checkpoints still match
+    assert cfg.identity()["rin_levels"] == ["sparse", "empty"]
+    plain = _tiny_cfg(tmp_path).identity()
+    assert "rin_grid_sizes" not in plain and "rin_levels" not in plain  # old checkpoints match
     with pytest.raises(ValueError, match="RIN only"):
         TrainConfig(network="dpn", rin_grid_sizes=(5,))
     with pytest.raises(ValueError, match="1…9"):
         TrainConfig(network="rin", rin_grid_sizes=(0,))
+    with pytest.raises(ValueError, match="rin_levels"):
+        TrainConfig(network="rin", rin_levels=("crowded",))
 
 
 def test_pair_stream_is_delta_apart():

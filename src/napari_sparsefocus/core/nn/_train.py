@@ -51,6 +51,7 @@ from napari_sparsefocus.core import Optics
 from ._augment import apply_augment, apply_dihedral, sample_augment_params
 from ._bank import PatchBank, PatchBankStream, is_patch_bank
 from ._data import (
+    SPARSITY_PROBABILITIES,
     DefocusPairStream,
     DPNPatchStream,
     RINFieldStream,
@@ -198,6 +199,10 @@ class TrainConfig:
         RIN on simulated data: patches per side of the training fields, one
         drawn per batch (default: the paper's 9 × 9 only). Smaller grids
         teach the RIN the fields of smaller cameras (1120 px = 5 × 5).
+    rin_levels : tuple of str, optional
+        RIN on simulated data: the sparsity levels of the training fields,
+        drawn uniformly from this tuple (repeat a level to weight it; default
+        dense, sparse and extremely sparse 0.3 each, empty 0.1).
     """
 
     network: str = "dpn"
@@ -224,6 +229,7 @@ class TrainConfig:
     init_from: str | None = None
     lr_schedule: str = "constant"
     rin_grid_sizes: tuple[int, ...] | None = None
+    rin_levels: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.network not in NETWORKS:
@@ -261,6 +267,16 @@ class TrainConfig:
                     f"rin_grid_sizes must be integers 1…9, got {self.rin_grid_sizes!r}"
                 )
             object.__setattr__(self, "rin_grid_sizes", sizes)
+        if self.rin_levels is not None:
+            levels = tuple(self.rin_levels)
+            if self.network != "rin":
+                raise ValueError("rin_levels applies to the RIN only")
+            if not levels or any(lv not in SPARSITY_PROBABILITIES for lv in levels):
+                raise ValueError(
+                    f"rin_levels must be among {tuple(SPARSITY_PROBABILITIES)}, "
+                    f"got {self.rin_levels!r}"
+                )
+            object.__setattr__(self, "rin_levels", levels)
         if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
@@ -345,8 +361,9 @@ class TrainConfig:
         kw = dict(data)
         if "defocus_range_um" in kw:
             kw["defocus_range_um"] = tuple(kw["defocus_range_um"])
-        if kw.get("rin_grid_sizes") is not None:
-            kw["rin_grid_sizes"] = tuple(kw["rin_grid_sizes"])
+        for name in ("rin_grid_sizes", "rin_levels"):
+            if kw.get(name) is not None:
+                kw[name] = tuple(kw[name])
         return cls(**kw)
 
     def identity(self) -> dict[str, Any]:
@@ -369,8 +386,11 @@ class TrainConfig:
         out["optics"] = Optics.from_dict(dict(self.optics)).to_dict()
         out["lr"] = self.learning_rate
         out["input_px"] = self.resolved_input_px
-        if self.rin_grid_sizes is not None:  # (absent from older checkpoints: 9 × 9 only)
+        # (absent from older checkpoints: 9 × 9 fields, the default level mix)
+        if self.rin_grid_sizes is not None:
             out["rin_grid_sizes"] = list(self.rin_grid_sizes)
+        if self.rin_levels is not None:
+            out["rin_levels"] = list(self.rin_levels)
         if self.data != "simulated":
             out["data"] = str(Path(self.data).resolve())
         return out
@@ -781,6 +801,11 @@ def _make_stream(cfg: TrainConfig, rank: int, start_step: int) -> StepStream:
             input_px=px,
             defocus_range_um=cfg.defocus_range_um,
             grid_sizes=cfg.rin_grid_sizes or (9,),
+            sparsity_probabilities=(
+                None
+                if cfg.rin_levels is None
+                else {lv: cfg.rin_levels.count(lv) for lv in set(cfg.rin_levels)}
+            ),
             **common,
         )
     if cfg.network == "dastidar":
@@ -1231,6 +1256,14 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "(default 9; e.g. 5 7 9 for cameras smaller than 2016 px)",
     )
     parser.add_argument(
+        "--rin-levels",
+        nargs="+",
+        default=None,
+        metavar="LEVEL",
+        help="RIN: sparsity levels of the simulated fields, drawn uniformly (repeat one to "
+        "weight it; default dense/sparse/extremely_sparse 0.3 each, empty 0.1)",
+    )
+    parser.add_argument(
         "--no-augment", action="store_true", help="no colour jitter / quarter turns"
     )
     parser.add_argument("--num-workers", type=int, default=d.num_workers, help="data workers")
@@ -1306,6 +1339,7 @@ def config_from_args(args: argparse.Namespace, command: Sequence[str] | None = N
         command=" ".join(cmd),
         init_from=args.init_from,
         rin_grid_sizes=None if args.rin_grid_sizes is None else tuple(args.rin_grid_sizes),
+        rin_levels=None if args.rin_levels is None else tuple(args.rin_levels),
     )
 
 
