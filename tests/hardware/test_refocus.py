@@ -570,6 +570,27 @@ def test_polish_corrects_a_biased_model(dense_scope):
     assert result.final_z_um == pytest.approx(p.z_um)
 
 
+def test_polish_finishes_when_the_model_loses_sharpening_content(dense_scope):
+    """Small content can read as empty near focus: the sharpness of its boxes finishes."""
+    scope = dense_scope
+    # the first reading lands 1 µm below focus; after that the model sees no content
+    def losing():
+        return FakeModel(scope, lambda d, n: d + 1.0 if n == 1 else None)
+
+    scope.move_to_defocus(8.0)
+    result = refocus(scope.core, losing(), polish=False)
+    assert result.verdict == "unconfirmed" and result.polish is None
+    scope.move_to_defocus(8.0)
+    result = refocus(scope.core, losing())
+    assert result.verdict == "in_focus", result.message
+    assert "got sharper" in result.message and result.polish.method == "parabola"
+    assert abs(scope.true_defocus_um()) <= result.tolerance_um
+    # without sharpening content (a model that loses it at once, before any move) no polish
+    scope.move_to_defocus(8.0)
+    result = refocus(scope.core, FakeModel(scope, lambda d, n: None))
+    assert result.verdict == "abstained" and result.polish is None
+
+
 def test_polish_steps_out_and_rejects_an_open_fit(dense_scope):
     scope = dense_scope
     biased = FakeModel(scope, lambda d, n: d + 2.0)  # "in focus" 2 µm below the focus

@@ -948,12 +948,15 @@ class _Refocus:
             if self._wrong_direction(prev, last, m, dof):
                 target = self._inside(self._behind(prev, last, m))
             elif last.defocus_um is None:
-                return (
-                    yield from self._finish(
-                        "unconfirmed",
-                        f"the verification snap gave no usable prediction ({_describe(last)})",
-                    )
-                )
+                lost = f"the verification snap gave no usable prediction ({_describe(last)})"
+                if opts.polish and prev.sharpness < _BLURRIER_RATIO * last.sharpness:
+                    # the content the first snap found got clearly sharper, yet the model no
+                    # longer sees it (small objects near focus can read as empty): the move was
+                    # right, so finish on the sharpness of the same boxes
+                    polished = yield from self._polish(self.z_um)
+                    verdict = "in_focus" if polished.method == "parabola" else "unconfirmed"
+                    return verdict, f"{lost}, but the content got sharper; {polished.describe()}"
+                return (yield from self._finish("unconfirmed", lost))
             elif abs(last.defocus_um) <= tol:
                 message = (
                     f"verified: |defocus| {abs(last.defocus_um):.3g} ≤ {tol:.3g} µm "
