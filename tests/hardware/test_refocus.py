@@ -573,6 +573,7 @@ def test_polish_corrects_a_biased_model(dense_scope):
 def test_polish_finishes_when_the_model_loses_sharpening_content(dense_scope):
     """Small content can read as empty near focus: the sharpness of its boxes finishes."""
     scope = dense_scope
+
     # the first reading lands 1 µm below focus; after that the model sees no content
     def losing():
         return FakeModel(scope, lambda d, n: d + 1.0 if n == 1 else None)

@@ -292,12 +292,12 @@ class SimulatedField:
         gradient of the grid cells that hold content, not of the whole
         field: on a sparse field the background's debris, at its own depth,
         would otherwise dominate it (the very failure of whole-field
-        sharpness the SparseFocus paper starts from). The search walks from ``start_um`` (the layers' focus) in
-        steps of ``_LABEL_COARSE_UM`` up the gradient (at most
-        ``_LABEL_SEARCH_UM`` away), fits a parabola through the best coarse
-        plane and its neighbours, then another through three samples
-        ``_LABEL_FINE_UM`` apart around that vertex. Fields without content
-        keep ``start_um``.
+        sharpness the SparseFocus paper starts from). The search walks from
+        ``start_um`` (the layers' focus) in steps of ``_LABEL_COARSE_UM`` up
+        the gradient (at most ``_LABEL_SEARCH_UM`` away), fits a parabola
+        through the best coarse plane and its neighbours, then another
+        through three samples ``_LABEL_FINE_UM`` apart around that vertex.
+        Fields without content keep ``start_um``.
         """
         boxes = self._content_boxes()
         if not boxes:
