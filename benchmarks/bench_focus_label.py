@@ -1,16 +1,16 @@
-"""Where is the sharpest plane? The simulator's focus label vs focus-measure peaks.
+"""Where is the sharpest plane? The simulator's focus label vs whole-field focus measures.
 
 The simulator's focus label (``SimulatedField.z_focus_um``: the label the model
 learns and the refocus benchmark scores against) is the Brenner peak of the
-noise-free field, found by a coarse-to-fine search that starts at the
-content-weighted mean of the depth layers' best planes
-(``SimulatedField.layer_focus_um``, the label before 2026-11-30). This
-measures, per kind and sparsity, on noise-free renders (0.25 µm grid over
-±3 µm, then 0.05 µm around the best sample):
+noise-free *content* (the mean over the grid cells holding content), found by a
+coarse-to-fine search that starts at the content-weighted mean of the depth
+layers' best planes (``SimulatedField.layer_focus_um``, the label before
+2026-11-30). This measures, per kind and sparsity, on noise-free renders
+(0.25 µm grid over ±3 µm, then 0.05 µm around the best sample):
 
-* where each focus measure peaks relative to the label (Brenner should be
-  within the grid step: a check of the label search; Tenengrad and the
-  normalised variance show how far other sharpness autofocus would land);
+* where each focus measure of the *whole* field peaks relative to the label:
+  where a whole-field sharpness autofocus would land (on sparse fields the
+  background's debris, at its own depth, pulls it away);
 * how far the old label (the layers' mean focus) lies from the new one.
 
 Run: ``nice -n 15 .venv/bin/python benchmarks/bench_focus_label.py [--fields 6]``
