@@ -275,11 +275,9 @@ class SimulatedField:
                 boxes.append((y0, x0, y1, x1))
         return boxes
 
-    def _sharpness(self, z_um: float, boxes: Sequence[tuple[int, int, int, int]] = ()) -> float:
-        """Brenner gradient of the noise-free luma at ``z_um``: mean over `boxes`, or the field."""
+    def _sharpness(self, z_um: float, boxes: Sequence[tuple[int, int, int, int]]) -> float:
+        """Mean Brenner gradient of the noise-free luma in `boxes` at stage position ``z_um``."""
         inten = self.renderer.intensity(z_um, self.illumination)
-        if not boxes:
-            return brenner(inten, channel_axis=0)
         return float(
             np.mean([brenner(inten[:, y0:y1, x0:x1], channel_axis=0) for y0, x0, y1, x1 in boxes])
         )

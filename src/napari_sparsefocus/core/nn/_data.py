@@ -618,9 +618,7 @@ class RINFieldStream(StepStream):
         if self.grid_sizes != (_FULL_GRID,):  # (the default draws nothing: old streams unchanged)
             grid = self.grid_sizes[int(rng.integers(len(self.grid_sizes)))]
         field_px = RIN_FIELD_PX * grid // _FULL_GRID
-        input_px = self.input_px
-        if grid != _FULL_GRID:
-            input_px = max(32, round(self.input_px * grid / _FULL_GRID))
+        input_px = max(32, round(self.input_px * grid / _FULL_GRID))  # as rin_input scales
         lo, hi = self.defocus_range_um
         imgs: list[NDArray[Any]] = []
         maps: list[NDArray[np.float32]] = []
