@@ -259,8 +259,10 @@ def test_compute_loss_kinds():
     w = torch.zeros(2, 9, 9)
     bce = compute_loss("rin", rin, x, w)
     assert bce.ndim == 0 and float(bce.detach()) > 0
+    # the RIN pools to the targets' grid (smaller cameras): a 3 × 3 target is scored 3 × 3
+    assert float(compute_loss("rin", rin, x, torch.zeros(2, 3, 3)).detach()) > 0
     with pytest.raises(ValueError, match="does not match"):
-        compute_loss("rin", rin, x, torch.zeros(2, 3, 3))
+        compute_loss("rin", rin, x, torch.zeros(3, 9, 9))
 
     class Const(nn.Module):
         def forward(self, x):
