@@ -804,7 +804,7 @@ def _make_stream(cfg: TrainConfig, rank: int, start_step: int) -> StepStream:
             sparsity_probabilities=(
                 None
                 if cfg.rin_levels is None
-                else {lv: cfg.rin_levels.count(lv) for lv in set(cfg.rin_levels)}
+                else {lv: cfg.rin_levels.count(lv) for lv in dict.fromkeys(cfg.rin_levels)}
             ),
             **common,
         )
