@@ -148,6 +148,7 @@ def main() -> None:
     )
     ap.add_argument("--start-defocus-um", type=float, default=2.0)
     ap.add_argument("--kfp-points", type=int, nargs="+", default=[5, 9])
+    ap.add_argument("--model", default=None, help="model file (default: the bundled model)")
     ap.add_argument(
         "--out", type=Path, default=Path(__file__).parent / "results" / "focus_map.json"
     )
@@ -158,7 +159,7 @@ def main() -> None:
     from napari_sparsefocus import load_model
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-    model = load_model()
+    model = load_model(args.model)
     t0 = time.perf_counter()
     per_seed = []
     for seed in args.seeds:
@@ -221,7 +222,7 @@ def main() -> None:
             "sensor_px": args.sensor_px,
             "slide": f"VirtualSlide(seed, curvature_um={args.curvature_um:g}, "
             f"ripple_um={args.ripple_um:g}), default tilt and 0.25 µm site jitter",
-            "one_shot": f"bundled model, snap_offset_um={args.offset:g}, "
+            "one_shot": f"{args.model or 'bundled model'}, snap_offset_um={args.offset:g}, "
             f"resolve_sign={args.resolve_sign}, degree-2 robust surface",
             "kfp": "hill climb (Brenner, 4 µm start step, 0.25 µm final), linear interpolation",
             "start": f"{args.start_defocus_um:g} µm above the true focus at the grid centre",

@@ -136,13 +136,14 @@ def main() -> None:
     ap.add_argument("--classical-max-snaps", type=int, default=30)
     ap.add_argument("--no-classical", action="store_true")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--model", default=None, help="model file (default: the bundled model)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "refocus.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
     from pymmcore_plus.experimental.unicore import UniMMCore
 
-    model = load_model()
+    model = load_model(args.model)
     dof = model.optics.dof_um
     core = UniMMCore()
     scope = load_simulated_microscope(
@@ -220,6 +221,7 @@ def main() -> None:
         f"--seed {args.seed} --sensor-px {args.sensor_px} "
         f"--classical-max-snaps {args.classical_max_snaps}"
         + (" --no-classical" if args.no_classical else "")
+        + (f" --model {args.model}" if args.model else "")
     )
     summary = {
         "benchmark": "refocus",
