@@ -1,0 +1,188 @@
+"""How well does one frame read its defocus: near focus, far away, and either side?
+
+Renders held-out fields (test split, seeds 50 000 upwards; cells and tissue,
+dense / sparse / extremely sparse in turn, 1120 px like the simulated
+microscope's camera) and reads one frame of each at four defocus draws with the
+model (default: the bundled one):
+
+* ``near``: uniform within ±1.5 µm (what the refocus controller sees after its
+  first move), read raw and through the model's near-focus calibration;
+* ``far``: uniform within ±25 µm (the refocus's first snap);
+* ``above``: +2…+4 µm and ``below``: −4…−2 µm (the focus map snaps 3 µm off).
+
+Per set and group: MAE, median signed error ("bias", reading minus truth) and
+the share within DoF/2. For the near set also the magnitude floor (median
+|reading| by true |defocus| bin) and how a one-snap focus check would fare:
+for thresholds on the calibrated |reading|, the share of frames it accepts,
+the share of those truly more than DoF/2 off, and the share of truly in-focus
+frames it catches.
+
+Run: ``nice -n 15 .venv/bin/python benchmarks/bench_near_focus.py [--fields 240]``
+(about 10 min on one core). Writes benchmarks/results/near_focus.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_sparsefocus import __version__
+from napari_sparsefocus.core import simulate_field
+
+ROOT = Path(__file__).resolve().parents[1]
+KINDS = ("cell", "tissue")
+LEVELS = ("dense", "sparse", "extremely_sparse")
+SETS = {"near": (-1.5, 1.5), "far": (-25.0, 25.0), "above": (2.0, 4.0), "below": (-4.0, -2.0)}
+BINS = ((0.0, 0.3), (0.3, 0.6), (0.6, 1.0), (1.0, 1.5))
+THRESHOLDS = (0.1, 0.2, 0.3, 0.4)
+
+
+def _stats(err: np.ndarray, tol: float) -> dict[str, Any]:
+    return {
+        "n": int(err.size),
+        "mae_um": round(float(np.mean(np.abs(err))), 3),
+        "bias_um": round(float(np.median(err)), 3),
+        "within_tol_pct": round(100.0 * float(np.mean(np.abs(err) <= tol)), 1),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--fields", type=int, default=240, help="held-out fields (6 groups in turn)")
+    ap.add_argument("--sensor-px", type=int, default=1120)
+    ap.add_argument("--model", default=None, help="model file (default: the bundled model)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "near_focus.json")
+    args = ap.parse_args()
+
+    import torch
+
+    from napari_sparsefocus.core.nn import load_model
+
+    torch.set_num_threads(args.threads)
+    model = load_model(args.model)
+    cal = model.near_focus_calibration
+    tol = float(model.optics.dof_um) / 2.0
+    t0 = time.perf_counter()
+    rows: list[tuple[str, str, str, float, float]] = []  # set, kind, level, truth, reading
+    abstained = {s: 0 for s in SETS}
+    for i in range(args.fields):
+        rng = np.random.default_rng([777, i])
+        kind, level = KINDS[i % 2], LEVELS[(i // 2) % 3]
+        fld = simulate_field(
+            kind,
+            level,
+            model.optics,
+            seed=50_000 + i,
+            shape_px=(args.sensor_px, args.sensor_px),
+            split="test",
+        )
+        for name, (lo, hi) in SETS.items():
+            d = float(rng.uniform(lo, hi))
+            pred = model.predict(fld.snap_defocus(d, rng=rng), pixel_size_um=fld.optics.pixel_size_um)
+            if pred.defocus_um is None:
+                abstained[name] += 1
+                continue
+            rows.append((name, kind, level, d, float(pred.defocus_um)))
+        if (i + 1) % 20 == 0:
+            print(f"{i + 1}/{args.fields} fields, {time.perf_counter() - t0:.0f} s", flush=True)
+
+    def select(name: str, kind: str | None = None, level: str | None = None) -> np.ndarray:
+        return np.array(
+            [
+                (r[3], r[4])
+                for r in rows
+                if r[0] == name and kind in (None, r[1]) and level in (None, r[2])
+            ],
+            dtype=np.float64,
+        ).reshape(-1, 2)
+
+    sets: dict[str, Any] = {}
+    for name in SETS:
+        groups: dict[str, Any] = {}
+        for kind in (*KINDS, None):
+            for level in (*LEVELS, None):
+                a = select(name, kind, level)
+                if not len(a):
+                    continue
+                key = f"{kind or 'all'} {level or 'all'}"
+                groups[key] = {"raw": _stats(a[:, 1] - a[:, 0], tol)}
+                if name == "near" and cal is not None:
+                    groups[key]["calibrated"] = _stats(cal.apply(a[:, 1]) - a[:, 0], tol)
+        sets[name] = {"range_um": SETS[name], "abstained": abstained[name], "groups": groups}
+
+    near = select("near")
+    floor: dict[str, Any] = {}
+    for kind in KINDS:
+        a = select("near", kind)
+        for lo, hi in BINS:
+            s = (np.abs(a[:, 0]) >= lo) & (np.abs(a[:, 0]) < hi)
+            if s.any():
+                m = np.abs(a[s, 1])
+                floor[f"{kind} |d| {lo}-{hi}"] = {
+                    "n": int(s.sum()),
+                    "median_abs_reading_um": round(float(np.median(m)), 2),
+                    "q10_um": round(float(np.quantile(m, 0.1)), 2),
+                    "q90_um": round(float(np.quantile(m, 0.9)), 2),
+                }
+    check: dict[str, Any] = {}
+    if cal is not None and len(near):
+        truth, reading = near[:, 0], cal.apply(near[:, 1])
+        in_focus = np.abs(truth) <= tol
+        for thr in (*THRESHOLDS, round(tol, 3)):
+            acc = np.abs(reading) <= thr
+            check[f"{thr:g}"] = {
+                "accepted_pct": round(100.0 * float(acc.mean()), 1),
+                "accepted_but_off_pct": (
+                    round(100.0 * float(np.mean(~in_focus[acc])), 1) if acc.any() else None
+                ),
+                "in_focus_caught_pct": (
+                    round(100.0 * float(np.mean(acc[in_focus])), 1) if in_focus.any() else None
+                ),
+            }
+
+    for name, s in sets.items():
+        print(f"\n== {name} {s['range_um']} µm (abstained {s['abstained']})")
+        for key, g in s["groups"].items():
+            line = f"  {key:<24} " + " ".join(
+                f"{how} MAE {v['mae_um']:.2f} bias {v['bias_um']:+.2f} ≤DoF/2 {v['within_tol_pct']:.0f}%"
+                for how, v in g.items()
+            )
+            print(line)
+    print("\nnear-focus magnitude floor (median |reading|, 10-90 %):")
+    for key, v in floor.items():
+        print(f"  {key:<22} n {v['n']:3d}  {v['median_abs_reading_um']:.2f} ({v['q10_um']:.2f}-{v['q90_um']:.2f})")
+    print(f"\none-snap focus check on the near set ({100 * np.mean(np.abs(near[:, 0]) <= tol):.0f} % truly within DoF/2):")
+    for thr, v in check.items():
+        print(
+            f"  calibrated |reading| ≤ {thr} µm: accepts {v['accepted_pct']}%, "
+            f"of those {v['accepted_but_off_pct']}% > DoF/2 off, catches {v['in_focus_caught_pct']}% of the in-focus"
+        )
+
+    result = {
+        "benchmark": "near_focus",
+        "command": f"python benchmarks/bench_near_focus.py --fields {args.fields} "
+        f"--sensor-px {args.sensor_px}" + (f" --model {args.model}" if args.model else ""),
+        "machine": f"{platform.platform()}, torch threads {args.threads}",
+        "package_version": __version__,
+        "model_training": model.config.get("training", {}).get("dpn", {}).get("command"),
+        "dof_um": float(model.optics.dof_um),
+        "tolerance_um": tol,
+        "sets": sets,
+        "near_magnitude_floor": floor,
+        "one_snap_check": check,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
