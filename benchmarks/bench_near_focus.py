@@ -71,7 +71,7 @@ def main() -> None:
     tol = float(model.optics.dof_um) / 2.0
     t0 = time.perf_counter()
     rows: list[tuple[str, str, str, float, float]] = []  # set, kind, level, truth, reading
-    abstained = {s: 0 for s in SETS}
+    abstained = dict.fromkeys(SETS, 0)
     for i in range(args.fields):
         rng = np.random.default_rng([777, i])
         kind, level = KINDS[i % 2], LEVELS[(i // 2) % 3]
@@ -85,7 +85,9 @@ def main() -> None:
         )
         for name, (lo, hi) in SETS.items():
             d = float(rng.uniform(lo, hi))
-            pred = model.predict(fld.snap_defocus(d, rng=rng), pixel_size_um=fld.optics.pixel_size_um)
+            pred = model.predict(
+                fld.snap_defocus(d, rng=rng), pixel_size_um=fld.optics.pixel_size_um
+            )
             if pred.defocus_um is None:
                 abstained[name] += 1
                 continue
@@ -151,18 +153,24 @@ def main() -> None:
         print(f"\n== {name} {s['range_um']} µm (abstained {s['abstained']})")
         for key, g in s["groups"].items():
             line = f"  {key:<24} " + " ".join(
-                f"{how} MAE {v['mae_um']:.2f} bias {v['bias_um']:+.2f} ≤DoF/2 {v['within_tol_pct']:.0f}%"
+                f"{how} MAE {v['mae_um']:.2f} bias {v['bias_um']:+.2f} "
+                f"≤DoF/2 {v['within_tol_pct']:.0f}%"
                 for how, v in g.items()
             )
             print(line)
     print("\nnear-focus magnitude floor (median |reading|, 10-90 %):")
     for key, v in floor.items():
-        print(f"  {key:<22} n {v['n']:3d}  {v['median_abs_reading_um']:.2f} ({v['q10_um']:.2f}-{v['q90_um']:.2f})")
-    print(f"\none-snap focus check on the near set ({100 * np.mean(np.abs(near[:, 0]) <= tol):.0f} % truly within DoF/2):")
+        print(
+            f"  {key:<22} n {v['n']:3d}  {v['median_abs_reading_um']:.2f} "
+            f"({v['q10_um']:.2f}-{v['q90_um']:.2f})"
+        )
+    share = 100 * np.mean(np.abs(near[:, 0]) <= tol)
+    print(f"\none-snap focus check on the near set ({share:.0f} % truly within DoF/2):")
     for thr, v in check.items():
         print(
             f"  calibrated |reading| ≤ {thr} µm: accepts {v['accepted_pct']}%, "
-            f"of those {v['accepted_but_off_pct']}% > DoF/2 off, catches {v['in_focus_caught_pct']}% of the in-focus"
+            f"of those {v['accepted_but_off_pct']}% > DoF/2 off, "
+            f"catches {v['in_focus_caught_pct']}% of the in-focus"
         )
 
     result = {
