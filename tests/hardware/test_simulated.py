@@ -223,10 +223,11 @@ def test_sim_clock_counts_exposure_and_moves(sim_core, monkeypatch):
     slept = []
     monkeypatch.setattr(simulated.time, "sleep", slept.append)
     scope.realtime = True
-    sim_core.setExposure(300.0)
+    # (an exposure far longer than a render, even on a loaded machine: sleep is patched)
+    sim_core.setExposure(5000.0)
     sim_core.snapImage()
-    assert len(slept) == 1 and 0.0 < slept[0] <= 0.305
-    assert scope.sim_time_s == pytest.approx(0.305)
+    assert len(slept) == 1 and 0.0 < slept[0] <= 5.005
+    assert scope.sim_time_s == pytest.approx(5.005)
     scope.realtime = False
     sim_core.snapImage()
     assert len(slept) == 1  # not realtime: counted only
