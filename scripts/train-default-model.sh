@@ -98,48 +98,40 @@ wait
 #    bank with the new one (from scratch the banks above already carry it, and this round
 #    is then simply more training). ~19 min to render on two cores, 10 min for the DPN,
 #    40 min for the three baselines on one core
-$SF make-bank "$RUNS/lbank" --pairs 8192 --seed 8 --levels $SPARSE_LEVELS \
-    --max-patches-per-plane 2 --shard-pairs 256 --part 0 2 > "$RUNS/lbank0.log" 2>&1 &
-$SF make-bank "$RUNS/lbank" --pairs 8192 --seed 8 --levels $SPARSE_LEVELS \
-    --max-patches-per-plane 2 --shard-pairs 256 --part 1 2 > "$RUNS/lbank1.log" 2>&1 &
-wait
-$SF train --network dpn --data "$RUNS/lbank" --init-from "$RUNS/dpnS2/dpn.json" --steps 800 \
-    --batch-size 32 --lr 1e-4 --lr-schedule cosine --seed 7 --num-threads 1 \
-    --checkpoint-every 100 --no-progress \
-    --network-config '{"output_scale_um": 10.0, "layer_scale_init": 0.1, "colour_sharpness_scales": [1, 2, 4, 8, 16], "sign_magnitude_head": true}' \
-    --out-dir "$RUNS/dpnL" > "$RUNS/dpnL.log" 2>&1 &
-for spec in "jiang 800" "dastidar 240" "liao 800"; do
-    set -- $spec
-    $SF train --network "$1" --data "$RUNS/lbank" --init-from "$RUNS/${1}S2/$1.json" \
-        --steps "$2" --batch-size 32 --lr 1e-4 --lr-schedule cosine --seed 7 --num-threads 1 \
-        --checkpoint-every 100 --no-progress --network-config '{"output_scale_um": 10.0}' \
-        --out-dir "$RUNS/${1}L" > "$RUNS/${1}L.log" 2>&1
-done
-wait
+label_round() {
+    # label_round BANK BANK_SEED SEED FROM TO: a fresh 8192-pair bank (two processes), then
+    # 800 DPN steps from dpn$FROM to dpn$TO (in the background) and the baselines' round
+    # (Liao and Jiang 800 steps, Dastidar 240) from <net>$FROM to <net>$TO, lr 1e-4
+    local bank=$1 bank_seed=$2 seed=$3 from=$4 to=$5 part spec
+    for part in 0 1; do
+        $SF make-bank "$RUNS/$bank" --pairs 8192 --seed "$bank_seed" --levels $SPARSE_LEVELS \
+            --max-patches-per-plane 2 --shard-pairs 256 --part "$part" 2 \
+            > "$RUNS/$bank$part.log" 2>&1 &
+    done
+    wait
+    $SF train --network dpn --data "$RUNS/$bank" --init-from "$RUNS/dpn$from/dpn.json" \
+        --steps 800 --batch-size 32 --lr 1e-4 --lr-schedule cosine --seed "$seed" \
+        --num-threads 1 --checkpoint-every 100 --no-progress \
+        --network-config '{"output_scale_um": 10.0, "layer_scale_init": 0.1, "colour_sharpness_scales": [1, 2, 4, 8, 16], "sign_magnitude_head": true}' \
+        --out-dir "$RUNS/dpn$to" > "$RUNS/dpn$to.log" 2>&1 &
+    for spec in "jiang 800" "dastidar 240" "liao 800"; do
+        set -- $spec
+        $SF train --network "$1" --data "$RUNS/$bank" --init-from "$RUNS/$1$from/$1.json" \
+            --steps "$2" --batch-size 32 --lr 1e-4 --lr-schedule cosine --seed "$seed" \
+            --num-threads 1 --checkpoint-every 100 --no-progress \
+            --network-config '{"output_scale_um": 10.0}' \
+            --out-dir "$RUNS/$1$to" > "$RUNS/$1$to.log" 2>&1
+    done
+    wait
+}
+label_round lbank 8 7 S2 L
 
 #    round 4 (2026-11-30 evening): the bank of round 3 was rendered while the label was the
 #    sharpest plane of the *whole* field (on sparse fields the background debris, at its own
 #    depth, pulled it up to 0.8 um above the content). The label is now the sharpest plane of
 #    the content; this round re-teaches the DPN and the baselines on a bank rendered with it
 #    (~17 min on two cores, 11 min for the DPN, ~40 min for the baselines on one core)
-$SF make-bank "$RUNS/cbank" --pairs 8192 --seed 10 --levels $SPARSE_LEVELS \
-    --max-patches-per-plane 2 --shard-pairs 256 --part 0 2 > "$RUNS/cbank0.log" 2>&1 &
-$SF make-bank "$RUNS/cbank" --pairs 8192 --seed 10 --levels $SPARSE_LEVELS \
-    --max-patches-per-plane 2 --shard-pairs 256 --part 1 2 > "$RUNS/cbank1.log" 2>&1 &
-wait
-$SF train --network dpn --data "$RUNS/cbank" --init-from "$RUNS/dpnL/dpn.json" --steps 800 \
-    --batch-size 32 --lr 1e-4 --lr-schedule cosine --seed 11 --num-threads 1 \
-    --checkpoint-every 100 --no-progress \
-    --network-config '{"output_scale_um": 10.0, "layer_scale_init": 0.1, "colour_sharpness_scales": [1, 2, 4, 8, 16], "sign_magnitude_head": true}' \
-    --out-dir "$RUNS/dpnC" > "$RUNS/dpnC.log" 2>&1 &
-for spec in "jiang 800" "dastidar 240" "liao 800"; do
-    set -- $spec
-    $SF train --network "$1" --data "$RUNS/cbank" --init-from "$RUNS/${1}L/$1.json" \
-        --steps "$2" --batch-size 32 --lr 1e-4 --lr-schedule cosine --seed 11 --num-threads 1 \
-        --checkpoint-every 100 --no-progress --network-config '{"output_scale_um": 10.0}' \
-        --out-dir "$RUNS/${1}C" > "$RUNS/${1}C.log" 2>&1
-done
-wait
+label_round cbank 10 11 L C
 
 # 4. calibrate the DPN's side-of-focus logit on a train-split bank of its own seed (same
 #    level mix), then bundle the pipeline and the baselines inside the package
