@@ -16,7 +16,7 @@ from napari_sparsefocus.hardware import (
     iter_scan_focus_map,
     scan_focus_map,
 )
-from napari_sparsefocus.hardware._focus_map import FocusMapStep, grid_positions
+from napari_sparsefocus.hardware._focus_map import FocusMapStep, _tile_confidence, grid_positions
 
 #: Centre of a 1 mm region of dense tissue on the seed-0 slide (672 px sites).
 DENSE_CENTRE = (515.4, 515.4)
@@ -39,6 +39,7 @@ class OracleModel:
         self.flip = set(flip)
         self.calls = 0
         self.optics = scope.optics
+        self.threshold = 0.8
 
     def predict(self, image, **kwargs):
         err = self.errors.get(self.calls, 0.0)
@@ -53,7 +54,7 @@ class OracleModel:
             sparsity="empty" if d is None else "dense",
             verdict="no usable content" if d is None else "ok",
             reason="oracle",
-            importance=np.zeros((3, 3), dtype=np.float32),
+            importance=np.full((9, 9), 0.0 if d is None else 1.0, dtype=np.float32),
             patches=(),
             dof_um=self.optics.dof_um,
         )
@@ -232,3 +233,38 @@ def test_bad_arguments(microscope):
         scan_focus_map(core, GRID, OracleModel(microscope), degree=9)
     with pytest.raises(ValueError, match="n_key_points"):
         scan_focus_map(core, GRID, method="key_points", n_key_points=0)
+
+
+def _pred(n_content, *, spread_um=0.0, agreement=1.0, verdict="ok", defocus_um=3.0):
+    imp = np.zeros((9, 9), dtype=np.float32)
+    imp.flat[:n_content] = 0.9
+    return DefocusPrediction(
+        defocus_um=defocus_um,
+        spread_um=spread_um,
+        direction_agreement=agreement,
+        sparsity="dense",
+        verdict=verdict,
+        reason="test",
+        importance=imp,
+        patches=(),
+        dof_um=1.0,
+    )
+
+
+def test_tile_confidence_grows_with_the_content_read():
+    def w(pred):
+        return _tile_confidence(pred, dof_um=1.0, low_confidence_weight=0.3, threshold=0.8)
+
+    # a lone patch has spread 0 by construction: that is no evidence of a good reading
+    assert w(_pred(1)) == pytest.approx(1 / 12)
+    assert w(_pred(6)) == pytest.approx(0.5)
+    assert w(_pred(12)) == w(_pred(40)) == 1.0
+    # spread and agreement still count, and "low confidence" is scaled down
+    assert w(_pred(12, spread_um=1.0)) == pytest.approx(0.5)
+    assert w(_pred(12, agreement=0.5)) == pytest.approx(0.25)
+    assert w(_pred(12, verdict="low confidence")) == pytest.approx(0.3)
+    # importance just under the threshold is not content
+    below = _pred(0)
+    below.importance[:] = 0.79
+    assert w(below) == pytest.approx(1 / 12)
+    assert w(_pred(0, defocus_um=None, verdict="no usable content")) == 0.0

@@ -70,6 +70,9 @@ FOCUS_MAP_METHODS = ("one_shot", "key_points")
 _GUESS_CLAMP_UM = 3.0
 #: Nearest tiles needed before the z guess extrapolates a robust plane.
 _GUESS_MIN_PLANE = 5
+#: Patches of content (RIN importance at or above the model's threshold) at which a
+#: one-shot tile gets its full weight; a tile with fewer gets the fraction it has.
+_FULL_EVIDENCE_PATCHES = 12
 
 
 @dataclass(frozen=True)
@@ -375,14 +378,34 @@ def _check_pos(name: str, value: float, *, allow_zero: bool = False) -> float:
 
 
 def _tile_confidence(
-    pred: DefocusPrediction, *, dof_um: float, low_confidence_weight: float
+    pred: DefocusPrediction,
+    *,
+    dof_um: float,
+    low_confidence_weight: float,
+    threshold: float,
 ) -> float:
-    """Weight of a one-shot prediction: 0 when abstaining, else from agreement and spread."""
+    """Weight of a one-shot prediction: 0 when abstaining, else from evidence and agreement.
+
+    The product of three factors in ``[0, 1]``:
+
+    - agreement: ``0.25 + 0.75 ×`` how far the patches' sign agreement is above
+      chance;
+    - spread: ``1 / (1 + (spread / DoF)²)``;
+    - evidence: the share of :data:`_FULL_EVIDENCE_PATCHES` patches of content
+      the tile holds. A tile read from one or two patches has no (or almost no)
+      spread to show its error, and those are the tiles a one-shot reading is
+      worst on (a lone cell or tissue fragment), so a spread of 0 must not
+      mean full confidence.
+
+    × `low_confidence_weight` for a "low confidence" verdict.
+    """
     if pred.defocus_um is None or pred.verdict == "no usable content":
         return 0.0
     agreement = min(max((float(pred.direction_agreement) - 0.5) / 0.5, 0.0), 1.0)
     spread = float(pred.spread_um) / dof_um
-    w = (0.25 + 0.75 * agreement) / (1.0 + spread**2)
+    n_content = int(np.count_nonzero(np.asarray(pred.importance) >= threshold))
+    evidence = min(max(n_content, 1) / _FULL_EVIDENCE_PATCHES, 1.0)
+    w = (0.25 + 0.75 * agreement) / (1.0 + spread**2) * evidence
     if pred.verdict != "ok":
         w *= low_confidence_weight
     return float(min(max(w, 0.0), 1.0))
@@ -580,7 +603,12 @@ def _iter_one_shot(
         z_snap = guess + snap_offset_um
         image = stage.snap_at(z_snap)
         pred = model.predict(image, pixel_size_um=px)
-        w = _tile_confidence(pred, dof_um=dof, low_confidence_weight=low_confidence_weight)
+        w = _tile_confidence(
+            pred,
+            dof_um=dof,
+            low_confidence_weight=low_confidence_weight,
+            threshold=model.threshold,
+        )
         if pred.defocus_um is None:
             z_focus = defocus = math.nan
         else:
