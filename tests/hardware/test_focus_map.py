@@ -16,7 +16,13 @@ from napari_sparsefocus.hardware import (
     iter_scan_focus_map,
     scan_focus_map,
 )
-from napari_sparsefocus.hardware._focus_map import FocusMapStep, _tile_confidence, grid_positions
+from napari_sparsefocus.hardware._focus_map import (
+    FocusMapStep,
+    FocusMapTile,
+    _guess_z,
+    _tile_confidence,
+    grid_positions,
+)
 
 #: Centre of a 1 mm region of dense tissue on the seed-0 slide (672 px sites).
 DENSE_CENTRE = (515.4, 515.4)
@@ -268,3 +274,31 @@ def test_tile_confidence_grows_with_the_content_read():
     below.importance[:] = 0.79
     assert w(below) == pytest.approx(1 / 12)
     assert w(_pred(0, defocus_um=None, verdict="no usable content")) == 0.0
+
+
+def test_z_guess_follows_a_bowed_surface_once_enough_tiles_are_in():
+    # a dome: 4 µm down at 1500 µm from the centre, 16 µm at 3000 µm
+    def dome(x, y):
+        return -4.0 * (x * x + y * y) / 1500.0**2
+
+    def tile(i, x, y):
+        z = dome(x, y)
+        return FocusMapTile(
+            index=i, x_um=x, y_um=y, measured=True, z_snap_um=z + 3.0, z_focus_um=z,
+            defocus_um=3.0, predicted_um=3.0, confidence=1.0, verdict="ok", snaps=1,
+        )  # fmt: skip
+
+    ring = [(0.0, 0.0), (1500.0, 0.0), (1500.0, 1500.0), (0.0, 1500.0), (-1500.0, 1500.0),
+            (-1500.0, 0.0), (-1500.0, -1500.0), (0.0, -1500.0), (1500.0, -1500.0)]  # fmt: skip
+    done = [tile(i, x, y) for i, (x, y) in enumerate(ring)]
+
+    def guess(tiles):
+        z, _ = _guess_z(tiles, 3000.0, 0.0, 0.0, 6, lambda t: True, 0.25, True, 3.0)
+        return z
+
+    truth = dome(3000.0, 0.0)  # -16 µm
+    # all nine: the quadratic reaches the outer ring (clamped 3 µm below the lowest tile)
+    assert guess(done) == pytest.approx(max(truth, -8.0 - 3.0), abs=0.05)
+    # six tiles: a plane through the nearest, which cannot bend down
+    plane = guess(done[:6])
+    assert plane > guess(done) + 2.0

@@ -70,6 +70,8 @@ FOCUS_MAP_METHODS = ("one_shot", "key_points")
 _GUESS_CLAMP_UM = 3.0
 #: Nearest tiles needed before the z guess extrapolates a robust plane.
 _GUESS_MIN_PLANE = 5
+#: Tiles needed before the z guess extrapolates a robust quadratic through all of them.
+_GUESS_MIN_QUADRATIC = 7
 #: Patches of content (RIN importance at or above the model's threshold) at which a
 #: one-shot tile gets its full weight; a tile with fewer gets the fraction it has.
 _FULL_EVIDENCE_PATCHES = 12
@@ -450,19 +452,43 @@ def _guess_z(
     resolve_sign: bool,
     offset_um: float,
 ) -> tuple[float, int]:
-    """Extrapolate the focus at ``(x, y)`` from the nearest plausible tiles measured so far.
+    """Extrapolate the focus at ``(x, y)`` from the plausible tiles measured so far.
 
-    A robust plane (:func:`~napari_sparsefocus.core.fit_focus_surface`,
-    degree 1, with the sign-flipped alternatives when `resolve_sign`) through
-    the `n_nearest` nearest confident, plausible tiles, clamped to within a
-    few µm of their focus range. With fewer than five (or collinear) tiles,
-    the median focus of the nearest three (with `resolve_sign`, of those whose
-    defocus has the sign of `offset_um`, if any); `z_start` before any. Also
-    returns the number of tiles used.
+    From seven confident, plausible tiles on: a robust quadratic
+    (:func:`~napari_sparsefocus.core.fit_focus_surface`, degree 2, with the
+    sign-flipped alternatives when `resolve_sign`) through all of them. A
+    slide's focal surface bows (a dome or a saddle of several µm over a
+    scan), which a plane through the nearest tiles extrapolates into the
+    outer rings with the wrong curvature, and a one-shot reading is the
+    less accurate the farther the snap lands from the aimed offset. Before
+    that (or when the quadratic is degenerate): a robust plane through the
+    `n_nearest` nearest such tiles. Either is clamped to within a few µm of
+    the focus range of the tiles it used. With fewer than five (or
+    collinear) tiles, the median focus of the nearest three (with
+    `resolve_sign`, of those whose defocus has the sign of `offset_um`, if
+    any); `z_start` before any. Also returns the number of tiles used.
     """
     good = [t for t in done if t.confidence > 0 and math.isfinite(t.z_focus_um) and plausible(t)]
     if not good:
         return z_start, 0
+    if len(good) >= _GUESS_MIN_QUADRATIC:
+        try:
+            quad = fit_focus_surface(
+                [t.x_um for t in good],
+                [t.y_um for t in good],
+                [t.z_focus_um for t in good],
+                [t.confidence for t in good],
+                degree=2,
+                min_scale_um=min_scale_um,
+                z_alt_um=[_alt_z(t) for t in good] if resolve_sign else None,
+            )
+        except ValueError:  # degenerate for a quadratic (e.g. all on a line): a plane
+            pass
+        else:
+            zq = quad.z_um
+            guess = float(quad(x, y))
+            guess = float(np.clip(guess, zq.min() - _GUESS_CLAMP_UM, zq.max() + _GUESS_CLAMP_UM))
+            return guess, len(good)
     d = np.array([math.hypot(t.x_um - x, t.y_um - y) for t in good])
     near = [good[i] for i in np.argsort(d, kind="stable")[:n_nearest]]
     zs = np.array([t.z_focus_um for t in near])
