@@ -218,3 +218,67 @@ def test_alternative_z_resolves_wrong_signs():
     assert set(np.flatnonzero(plain.outliers)) >= set(flipped)
     with pytest.raises(ValueError, match="z_alt_um must have the shape"):
         fit_focus_surface(x, y, z, z_alt_um=z_alt[:-1])
+
+
+def _rippled(x, y):
+    # a quadratic plus a ripple no quadratic can follow (period ~2 mm, 1.5 µm)
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    return _quadratic(x, y) + 1.5 * np.sin(2 * np.pi * (x + 0.5 * y) / 2200.0)
+
+
+def test_smoothing_spline_follows_what_the_polynomial_cannot():
+    x, y = _grid(n=7)
+    z = _rippled(x, y)
+    qx, qy = np.meshgrid(np.linspace(-500, 1500, 31), np.linspace(300, 2300, 31))
+    truth = _rippled(qx, qy)
+    poly = fit_focus_surface(x, y, z, degree=2, robust=False)
+    spline = fit_focus_surface(x, y, z, degree=2, robust=False, spline_smoothing=0.0)
+    assert poly.spline_smoothing is None and spline.spline_smoothing == 0.0
+    assert rms_um(spline(qx, qy) - truth) < 0.5 * rms_um(poly(qx, qy) - truth)
+    # smoothing 0 interpolates the inliers; its residuals are those of the sum
+    np.testing.assert_allclose(spline.residuals_um, 0.0, atol=1e-6)
+    assert spline.rms_residual_um < 1e-6 < poly.rms_residual_um
+    # the polynomial part is the same fit; heavy smoothing approaches it
+    np.testing.assert_allclose(spline.coefficients, poly.coefficients)
+    stiff = fit_focus_surface(x, y, z, degree=2, robust=False, spline_smoothing=1e6)
+    np.testing.assert_allclose(stiff(qx, qy), poly(qx, qy), atol=0.01)
+    # scalar and broadcast evaluation as for the polynomial
+    assert spline(qx, qy).shape == qx.shape
+    assert float(spline(x[3], y[3])) == pytest.approx(z[3], abs=1e-6)
+
+
+def test_smoothing_spline_ignores_outliers_and_heeds_weights():
+    x, y = _grid(n=7)
+    z = _rippled(x, y)
+    bad = 24  # the centre point, 20 µm off: rejected, so the spline does not chase it
+    z_bad = z.copy()
+    z_bad[bad] += 20.0
+    s = fit_focus_surface(x, y, z_bad, degree=2, spline_smoothing=0.01)
+    assert s.outliers[bad]
+    assert abs(float(s(x[bad], y[bad])) - z[bad]) < 0.5
+    assert s.residuals_um[bad] == pytest.approx(20.0, abs=0.5)
+    # a point off by 0.8 µm: followed closely at full weight, hardly at weight 0.01
+    z_off = z.copy()
+    z_off[bad] += 0.8
+    w = np.ones(x.size)
+    full = fit_focus_surface(x, y, z_off, w, degree=2, spline_smoothing=0.01)
+    w[bad] = 0.01
+    low = fit_focus_surface(x, y, z_off, w, degree=2, spline_smoothing=0.01)
+    pull_full = float(full(x[bad], y[bad])) - z[bad]
+    pull_low = float(low(x[bad], y[bad])) - z[bad]
+    assert pull_full > 0.5
+    assert pull_low < 0.5 * pull_full
+
+
+def test_smoothing_spline_bad_input_and_degenerate_points():
+    x, y = _grid()
+    z = _quadratic(x, y)
+    for bad in (-0.1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="spline_smoothing"):
+            fit_focus_surface(x, y, z, degree=2, spline_smoothing=bad)
+    # all points on a line: a plane fit is degenerate, a constant is not; the spline
+    # cannot be fitted either and the surface stays a polynomial
+    line = fit_focus_surface([0, 1, 2, 3, 4], [0, 0, 0, 0, 0], [1, 2, 1, 2, 1], degree=0,
+                             spline_smoothing=0.1)  # fmt: skip
+    assert line.spline_smoothing is None

@@ -194,6 +194,11 @@ class FocusSurface:
     switched : numpy.ndarray of bool
         Points fitted with their alternative z (``z_alt_um`` of
         :func:`fit_focus_surface`); `z_um` holds the values used.
+    spline_smoothing : float or None
+        Smoothing of the thin-plate spline through the inliers' residuals
+        that the surface adds to the polynomial (``spline_smoothing`` of
+        :func:`fit_focus_surface`); None for a polynomial only. With a spline,
+        `residuals_um` and `rms_residual_um` are those of the sum.
     """
 
     degree: int
@@ -213,6 +218,8 @@ class FocusSurface:
     robust: bool
     n_iterations: int
     switched: NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    spline_smoothing: float | None = None
+    _spline: Any = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.switched.shape != self.z_um.shape:
@@ -239,6 +246,8 @@ class FocusSurface:
         out = np.zeros(u.shape)
         for c, (i, j) in zip(self.coefficients, self.exponents, strict=True):
             out += c * u**i * v**j
+        if self._spline is not None and out.size:
+            out += self._spline(np.stack([u.ravel(), v.ravel()], axis=1)).reshape(u.shape)
         return out
 
     @property
@@ -433,6 +442,7 @@ def fit_focus_surface(
     max_iter: int = 50,
     tol_um: float = 1e-6,
     z_alt_um: ArrayLike | None = None,
+    spline_smoothing: float | None = None,
 ) -> FocusSurface:
     """Fit a polynomial focus surface to measured in-focus z, robustly.
 
@@ -470,6 +480,17 @@ def fit_focus_surface(
         to the fitted surface than its `z_um`, by more than one residual
         scale estimate, is switched to the alternative and the fit repeated,
         until no point changes (see :attr:`FocusSurface.switched`).
+    spline_smoothing : float, optional
+        Add a smoothing thin-plate spline through the residuals of the
+        inliers to the polynomial, for focal surfaces a low-degree polynomial
+        cannot follow (a ripple or a bow that is not quadratic). The spline
+        works in the normalised coordinates of the polynomial (the points'
+        box spans ``[-1, 1]``); each inlier's smoothing is
+        ``spline_smoothing / sqrt(w)``, with ``w`` its prior times robust
+        weight relative to the largest, so confident points are followed
+        more closely. 0 interpolates the inliers exactly; larger values
+        approach the polynomial. Needs at least four inliers not all on a
+        line, else the surface stays a polynomial. Default: no spline.
 
     Returns
     -------
@@ -546,10 +567,14 @@ def fit_focus_surface(
         z_alt = z_alt.ravel()
         if not np.all(np.isfinite(z_alt[w > 0])):
             raise ValueError("z_alt_um must be finite where the weight is positive")
+    if spline_smoothing is not None and not (
+        math.isfinite(spline_smoothing) and spline_smoothing >= 0
+    ):
+        raise ValueError(f"spline_smoothing must be finite and >= 0, got {spline_smoothing!r}")
     args = (x, y, w, deg, robust, loss, min_scale_um, max_iter, tol_um)
     fit = _fit(z, *args)
     if z_alt is None:
-        return fit
+        return _with_spline(fit, spline_smoothing)
     # Switch points whose own z the fit rejects but whose alternative it accepts,
     # refit, and repeat until no point changes side.
     switched = np.zeros(x.size, dtype=bool)
@@ -565,7 +590,42 @@ def fit_focus_surface(
             break
         switched ^= flip
         fit = _fit(np.where(switched, z_alt, z), *args)
-    return dataclasses.replace(fit, switched=switched)
+    return _with_spline(dataclasses.replace(fit, switched=switched), spline_smoothing)
+
+
+def _with_spline(fit: FocusSurface, smoothing: float | None) -> FocusSurface:
+    """Add the smoothing spline of ``fit_focus_surface`` through the inliers' residuals."""
+    if smoothing is None:
+        return fit
+    inl = fit.inliers & (fit.weights > 0)
+    if np.count_nonzero(inl) < 4:
+        return fit
+    from scipy.interpolate import RBFInterpolator
+
+    uv = np.stack(
+        [
+            (fit.x_um[inl] - fit.center_um[0]) / fit.scale_um,
+            (fit.y_um[inl] - fit.center_um[1]) / fit.scale_um,
+        ],
+        axis=1,
+    )
+    w = (fit.weights * fit.robust_weights)[inl]
+    w = np.maximum(w / w.max(), 1e-6)
+    try:
+        spline = RBFInterpolator(
+            uv,
+            fit.residuals_um[inl],
+            kernel="thin_plate_spline",
+            degree=1,
+            smoothing=float(smoothing) / np.sqrt(w),
+        )
+    except (ValueError, np.linalg.LinAlgError):  # e.g. all inliers on a line
+        return fit
+    out = dataclasses.replace(fit, spline_smoothing=float(smoothing), _spline=spline)
+    residuals = fit.z_um - out(fit.x_um, fit.y_um)
+    wi = fit.weights[inl]
+    rms = float(np.sqrt(np.sum(wi * residuals[inl] ** 2) / np.sum(wi)))
+    return dataclasses.replace(out, residuals_um=residuals, rms_residual_um=rms)
 
 
 def _fit(

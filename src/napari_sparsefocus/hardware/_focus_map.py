@@ -524,7 +524,11 @@ def _alt_z(t: FocusMapTile) -> float:
 
 
 def _fit_surface(
-    tiles: Sequence[FocusMapTile], degree: int, min_scale_um: float, resolve_sign: bool
+    tiles: Sequence[FocusMapTile],
+    degree: int,
+    min_scale_um: float,
+    resolve_sign: bool,
+    spline_smoothing: float | None = None,
 ) -> tuple[Any, list[FocusMapTile], str]:
     x = np.array([t.x_um for t in tiles])
     y = np.array([t.y_um for t in tiles])
@@ -554,6 +558,7 @@ def _fit_surface(
                 degree=d,
                 min_scale_um=min_scale_um,
                 z_alt_um=z_alt if resolve_sign else None,
+                spline_smoothing=spline_smoothing,
             )
         except ValueError:
             if d == 0:  # pragma: no cover - a constant always fits
@@ -571,7 +576,10 @@ def _fit_surface(
             verdict=t.verdict + " (sign from neighbours)",
         )
     rejected = int(np.count_nonzero(surface.outliers))
-    msg = f"degree-{d} surface through {n_ok} of {len(tiles)} tiles"
+    msg = f"degree-{d} surface"
+    if surface.spline_smoothing is not None:
+        msg += f" + smoothing spline ({surface.spline_smoothing:g})"
+    msg += f" through {n_ok} of {len(tiles)} tiles"
     if d < degree:
         msg += f" (degree lowered from {degree}: too few or collinear confident tiles)"
     msg += (
@@ -588,6 +596,7 @@ def _iter_one_shot(
     *,
     z_start: float,
     degree: int,
+    spline_smoothing: float | None,
     snap_offset_um: float,
     z_range_um: float,
     follow: bool,
@@ -673,7 +682,7 @@ def _iter_one_shot(
             ),
         )
     done.sort(key=lambda t: t.index)
-    surface, done, msg = _fit_surface(done, degree, min_scale_um, resolve_sign)
+    surface, done, msg = _fit_surface(done, degree, min_scale_um, resolve_sign, spline_smoothing)
     return done, surface, msg
 
 
@@ -810,6 +819,7 @@ def iter_scan_focus_map(
     z_start_um: float | None = None,
     clock: Callable[[], float] | None = None,
     degree: int = 2,
+    spline_smoothing: float | None = 0.1,
     snap_offset_um: float = 3.0,
     z_range_um: float = 30.0,
     follow: bool = True,
@@ -852,6 +862,12 @@ def iter_scan_focus_map(
     degree : int, default 2
         One-shot: polynomial degree of the surface (lowered automatically when
         fewer confident tiles than terms).
+    spline_smoothing : float or None, default 0.1
+        One-shot: smoothing of the thin-plate spline through the inlier
+        tiles' residuals added to the polynomial (``spline_smoothing`` of
+        :func:`~napari_sparsefocus.core.fit_focus_surface`), for slides whose
+        focal surface bows or ripples beyond a quadratic. None: the
+        polynomial alone.
     snap_offset_um : float, default 3.0
         One-shot: snap at ``guess + snap_offset_um``, deliberately a few µm
         above the expected focus. There the bundled model's sign is more
@@ -936,6 +952,8 @@ def iter_scan_focus_map(
     if not math.isfinite(float(snap_offset_um)):
         raise ValueError(f"snap_offset_um must be finite, got {snap_offset_um!r}")
     surface_terms(degree)  # validates the degree
+    if spline_smoothing is not None:
+        _check_pos("spline_smoothing", spline_smoothing, allow_zero=True)
     wall0 = time.perf_counter()
     t0 = clock() if clock is not None else None
     stage = _Stage(core)
@@ -955,6 +973,7 @@ def iter_scan_focus_map(
             model,
             z_start=z_start,
             degree=degree,
+            spline_smoothing=None if spline_smoothing is None else float(spline_smoothing),
             snap_offset_um=float(snap_offset_um),
             z_range_um=float(z_range_um),
             follow=follow,
