@@ -12,6 +12,7 @@
 # the four patch networks 2 × 30 min (two at a time, one thread each), the two sparse
 # fine-tune rounds of the DPN 18 + 28 min and of the baselines ~90 min (two at a time),
 # round 3 (the sharpest-plane label) ~70 min, round 4 (the content's sharpest plane) ~70 min,
+# round 5 (more of it) ~90 min,
 # calibrations ~20 min, report 15 min. The
 # bundled DPN was trained in runs/dpnB (the same command as runs/dpn here) before the
 # fine-tunes; its record names that folder.
@@ -100,8 +101,9 @@ wait
 #    40 min for the three baselines on one core
 label_round() {
     # label_round BANK BANK_SEED SEED FROM TO: a fresh 8192-pair bank (two processes), then
-    # 800 DPN steps from dpn$FROM to dpn$TO (in the background) and the baselines' round
-    # (Liao and Jiang 800 steps, Dastidar 240) from <net>$FROM to <net>$TO, lr 1e-4
+    # 800 DPN steps from dpn$FROM to dpn$TO (in the background; DPN_STEPS, DPN_LR and
+    # DPN_THREADS change that) and the baselines' round (Liao and Jiang 800 steps, Dastidar
+    # 240) from <net>$FROM to <net>$TO, lr 1e-4
     local bank=$1 bank_seed=$2 seed=$3 from=$4 to=$5 part spec
     for part in 0 1; do
         $SF make-bank "$RUNS/$bank" --pairs 8192 --seed "$bank_seed" --levels $SPARSE_LEVELS \
@@ -110,8 +112,8 @@ label_round() {
     done
     wait
     $SF train --network dpn --data "$RUNS/$bank" --init-from "$RUNS/dpn$from/dpn.json" \
-        --steps 800 --batch-size 32 --lr 1e-4 --lr-schedule cosine --seed "$seed" \
-        --num-threads 1 --checkpoint-every 100 --no-progress \
+        --steps "${DPN_STEPS:-800}" --batch-size 32 --lr "${DPN_LR:-1e-4}" --lr-schedule cosine \
+        --seed "$seed" --num-threads "${DPN_THREADS:-1}" --checkpoint-every 100 --no-progress \
         --network-config '{"output_scale_um": 10.0, "layer_scale_init": 0.1, "colour_sharpness_scales": [1, 2, 4, 8, 16], "sign_magnitude_head": true}' \
         --out-dir "$RUNS/dpn$to" > "$RUNS/dpn$to.log" 2>&1 &
     for spec in "jiang 800" "dastidar 240" "liao 800"; do
@@ -133,24 +135,30 @@ label_round lbank 8 7 S2 L
 #    (~17 min on two cores, 11 min for the DPN, ~40 min for the baselines on one core)
 label_round cbank 10 11 L C
 
+#    round 5 (2026-11-30, late): more of the same on a fresh content-label bank. After round 4
+#    sparse tissue still read 0.5 um too close to focus from above, on its own training
+#    patches too (under-fitting what rounds 1-2 had learnt on the old label), so the DPN gets
+#    1200 steps at lr 2e-4 (two threads, ~9 min); the baselines the usual round (~60 min)
+DPN_STEPS=1200 DPN_LR=2e-4 DPN_THREADS=2 label_round dbank 13 14 C D
+
 # 4. calibrate the DPN's side-of-focus logit on a train-split bank of its own seed (same
 #    level mix), then bundle the pipeline and the baselines inside the package
 $SF make-bank "$RUNS/ccalbank" --pairs 768 --seed 12 --near-fraction 0.0 --levels $SPARSE_LEVELS \
     --max-patches-per-plane 2 --shard-pairs 256
-$PY scripts/calibrate-side.py "$RUNS/dpnC/dpn.json" "$RUNS/ccalbank" "$RUNS/dpnC/dpn_cal"
-$SF combine-model "$RUNS/rinG/rin.json" "$RUNS/dpnC/dpn_cal.json" "$RUNS/default_combinedC"
+$PY scripts/calibrate-side.py "$RUNS/dpnD/dpn.json" "$RUNS/ccalbank" "$RUNS/dpnD/dpn_cal"
+$SF combine-model "$RUNS/rinG/rin.json" "$RUNS/dpnD/dpn_cal.json" "$RUNS/default_combinedD"
 #    the refocus controller's near-focus calibration (posterior of the defocus given the
 #    model's reading, for the snaps it takes after a move): 800 train-split frames of their
 #    own seeds within ±3 µm of focus, read by the combined model (~12 min on two cores)
-$PY scripts/near-focus-frames.py "$RUNS/fcalCC" --model "$RUNS/default_combinedC.json" --part 0 2 \
-    > "$RUNS/fcalCC0.log" 2>&1 &
-$PY scripts/near-focus-frames.py "$RUNS/fcalCC" --model "$RUNS/default_combinedC.json" --part 1 2 \
-    > "$RUNS/fcalCC1.log" 2>&1 &
+$PY scripts/near-focus-frames.py "$RUNS/fcalDD" --model "$RUNS/default_combinedD.json" --part 0 2 \
+    > "$RUNS/fcalDD0.log" 2>&1 &
+$PY scripts/near-focus-frames.py "$RUNS/fcalDD" --model "$RUNS/default_combinedD.json" --part 1 2 \
+    > "$RUNS/fcalDD1.log" 2>&1 &
 wait
-$PY scripts/calibrate-near-focus.py "$RUNS/default_combinedC.json" "$RUNS/fcalCC" "$MODELS/default"
+$PY scripts/calibrate-near-focus.py "$RUNS/default_combinedD.json" "$RUNS/fcalDD" "$MODELS/default"
 mkdir -p "$MODELS/baselines"
 for net in liao jiang dastidar; do
-    cp "$RUNS/${net}C/$net.json" "$RUNS/${net}C/$net.safetensors" "$MODELS/baselines/"
+    cp "$RUNS/${net}D/$net.json" "$RUNS/${net}D/$net.safetensors" "$MODELS/baselines/"
 done
 
 # 5. the evaluation report (docs/evaluation) and the accuracy targets
