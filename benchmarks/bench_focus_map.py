@@ -161,7 +161,12 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=5)
     ap.add_argument("--cols", type=int, default=5)
     ap.add_argument("--spacing-um", type=float, default=1500.0)
-    ap.add_argument("--sensor-px", type=int, default=672)
+    ap.add_argument(
+        "--sensor-px",
+        type=int,
+        default=1120,
+        help="square sensor (the simulated microscope's default)",
+    )
     ap.add_argument("--curvature-um", type=float, default=12.0)
     ap.add_argument("--ripple-um", type=float, default=2.0)
     ap.add_argument("--offset", type=float, default=3.0, help="one-shot snap offset (µm)")
