@@ -239,6 +239,11 @@ def test_bad_arguments(microscope):
         scan_focus_map(core, GRID, OracleModel(microscope), degree=9)
     with pytest.raises(ValueError, match="n_key_points"):
         scan_focus_map(core, GRID, method="key_points", n_key_points=0)
+    xy, z = core.getXYPosition(), core.getZPosition()
+    for bad in (-0.1, float("nan")):
+        with pytest.raises(ValueError, match="spline_smoothing"):
+            scan_focus_map(core, GRID, OracleModel(microscope), spline_smoothing=bad)
+    assert core.getXYPosition() == pytest.approx(xy) and core.getZPosition() == z  # no move
 
 
 def _pred(n_content, *, spread_um=0.0, agreement=1.0, verdict="ok", defocus_um=3.0):

@@ -880,7 +880,8 @@ def iter_scan_focus_map(
     follow : bool, default True
         One-shot: visit the tiles from the start position outwards (rings
         swept by angle) and guess each tile's z from a robust plane through
-        the `n_nearest` nearest confident tiles measured so far. False:
+        the `n_nearest` nearest confident tiles measured so far (from seven
+        such tiles on, a robust quadratic through all of them). False:
         visit in grid order, every snap at ``z_start_um + snap_offset_um``.
     n_nearest : int, default 6
         One-shot: tiles the guess is extrapolated from.
