@@ -20,13 +20,13 @@ Writes benchmarks/results/focus_label.json.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
 from pathlib import Path
 
 import numpy as np
+from _results import write_results
 
 from napari_sparsefocus import __version__
 from napari_sparsefocus.core import FOCUS_MEASURES, Optics, simulate_field
@@ -128,9 +128,7 @@ def main() -> None:
         "within_half_dof_pct": overall,
         "seconds": round(time.perf_counter() - t0, 1),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {args.out}")
+    write_results(args.out, result)
 
 
 if __name__ == "__main__":

@@ -32,13 +32,13 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import platform
 import time
 from pathlib import Path
 
 import numpy as np
+from _results import write_results
 
 
 def _scan(scope, grid, model, method, centre, z_start, **kw):
@@ -272,9 +272,7 @@ def main() -> None:
         "target": target,
         "total_wall_s": round(time.perf_counter() - t0, 1),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-    print(f"wrote {args.out}")
+    write_results(args.out, result, indent=2)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ Writes benchmarks/results/inference.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import resource
@@ -24,6 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _results import write_results
 
 
 def _latency(fn, frame, repeats):
@@ -150,9 +150,7 @@ def main() -> None:
             res[f"peak_rss_mib_{n}_planes"] = round(mib, 1)
             print(f"peak RSS streaming a {n}-plane 2016² stack: {mib:.0f} MiB")
     res["self_peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(res, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_results(args.out, res, indent=2)
 
 
 if __name__ == "__main__":

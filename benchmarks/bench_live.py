@@ -34,6 +34,8 @@ import statistics
 import time
 from pathlib import Path
 
+from _results import write_results
+
 from napari_sparsefocus._demo import rerun_under_xvfb
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -159,9 +161,7 @@ def main() -> None:
         f"corrections/s, in the deadband after {fl['seconds_to_deadband_from_5um']} s; "
         f"true defocus per frame {steps}"
     )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
-    print(f"wrote {args.out}")
+    write_results(args.out, result)
     core.unloadAllDevices()
     del core, scope, lock
     gc.collect()

@@ -24,13 +24,13 @@ Run: ``nice -n 15 .venv/bin/python benchmarks/bench_near_focus.py [--fields 240]
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _results import write_results
 
 from napari_sparsefocus import __version__
 from napari_sparsefocus.core import simulate_field
@@ -187,9 +187,7 @@ def main() -> None:
         "one_snap_check": check,
         "seconds": round(time.perf_counter() - t0, 1),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
-    print(f"wrote {args.out}")
+    write_results(args.out, result)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import platform
 import statistics
 import time
@@ -34,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _results import write_results
 
 from napari_sparsefocus import __version__
 from napari_sparsefocus.core import hill_climb
@@ -244,9 +244,7 @@ def main() -> None:
         "all_met": all(targets.values()),
         "runs": runs,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(summary, indent=1, default=float))
-    print(f"wrote {args.out}")
+    write_results(args.out, summary)
 
 
 if __name__ == "__main__":

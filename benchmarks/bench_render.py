@@ -11,7 +11,6 @@ Run: ``.venv/bin/python benchmarks/bench_render.py [--repeats N]``
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -19,6 +18,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _results import write_results
 
 from napari_sparsefocus.core import Optics
 from napari_sparsefocus.core._simulate import PatchSampler, simulate_field
@@ -75,9 +75,7 @@ def main() -> None:
         f"224x224 RGB training patch: {per_patch:.2f} ms per patch "
         f"(PatchSampler, {n} patches per draw, median)"
     )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_results(args.out, results, indent=2)
 
 
 if __name__ == "__main__":
