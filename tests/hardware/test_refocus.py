@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("pymmcore_plus")
 
-from napari_sparsefocus.core.nn import DefocusPrediction, NearFocusCalibration
+from napari_sparsefocus.core.nn import DefocusPrediction, NearFocusCalibration, PatchPrediction
 from napari_sparsefocus.hardware import (
     RefocusOptions,
     RefocusResult,
@@ -165,6 +165,27 @@ def test_refocus_abstains_on_empty_fields(big_scope, model, kind):
     assert scope.counts["z_moves"] == moves_before
 
 
+# A speck of debris on an empty field of the seeded slide: out of focus the RIN
+# scores it 0.84-0.89, just above its threshold, as a lone patch (bench_refocus's
+# site [22, 45]; a lone cell scores >= 0.98). The lone-patch gate keeps the stage still.
+DEBRIS_SITE = (22, 45)
+
+
+def test_refocus_does_not_move_on_a_lone_speck_of_debris(big_scope, model):
+    scope = big_scope
+    scope.move_to_site(DEBRIS_SITE)
+    z0 = scope.move_to_defocus(6.0)
+    result = refocus(scope.core, model, polish=False)
+    assert result.verdict == "abstained", result.message
+    assert "too weak to move on alone" in result.message
+    assert result.moves == 0 and scope.core.getPosition() == z0
+    first = result.predictions[0]
+    assert len(first.patches) == 1 and model.threshold <= first.patches[0].importance < 0.9
+    # without the gate the same frame is acted on: the gate is what keeps it still
+    result = refocus(scope.core, model, polish=False, min_lone_importance=0.0)
+    assert result.moves >= 1
+
+
 # --------------------------------------------------------------------- fake models
 def test_one_shot_with_an_exact_model(microscope):
     fake = FakeModel(microscope, lambda d, n: d)
@@ -312,6 +333,49 @@ def test_non_finite_first_prediction_abstains(microscope):
         result = refocus(microscope.core, FakeModel(microscope, lambda d, n, v=value: v))
         assert result.verdict == "abstained" and "not a finite number" in result.message
         assert result.commanded_z_um == () and microscope.core.getPosition() == z0
+
+
+class LonePatchModel(FakeModel):
+    """A fake model whose prediction rests on given patch importances."""
+
+    def __init__(self, scope, importances):
+        super().__init__(scope, lambda d, n: d)
+        self.importances = importances
+
+    def predict(self, image, *, pixel_size_um=None):
+        p = super().predict(image, pixel_size_um=pixel_size_um)
+        patches = tuple(
+            PatchPrediction(0, i, w, p.defocus_um, (0.0, 0.0, 224.0, 224.0))
+            for i, w in enumerate(self.importances)
+        )
+        return DefocusPrediction(**{**p.__dict__, "patches": patches})
+
+
+@pytest.mark.parametrize(
+    ("importances", "option", "moves"),
+    [
+        ((0.85,), {}, False),  # a lone weak patch: abstain
+        ((0.95,), {}, True),  # a lone confident patch
+        ((0.85, 0.82), {}, True),  # two weak patches agree: not alone
+        ((0.85,), {"min_lone_importance": 0.8}, True),  # a lower bar
+        ((0.85,), {"min_lone_importance": 0.0}, True),  # the gate off
+    ],
+)
+def test_lone_weak_patch_gate(microscope, importances, option, moves):
+    z0 = microscope.move_to_defocus(5.0)
+    result = refocus(microscope.core, LonePatchModel(microscope, importances), polish=False, **option)
+    if moves:
+        assert result.in_focus and result.moves >= 1
+    else:
+        assert result.verdict == "abstained" and "too weak to move on alone" in result.message
+        assert "0.85 < 0.9" in result.message
+        assert result.moves == 0 and microscope.core.getPosition() == z0
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, math.nan, "0.9"])
+def test_bad_min_lone_importance_is_refused(bad):
+    with pytest.raises(ValueError, match="min_lone_importance"):
+        RefocusOptions(min_lone_importance=bad)
 
 
 def test_start_outside_soft_limits_is_refused(microscope):

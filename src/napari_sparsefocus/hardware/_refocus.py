@@ -126,6 +126,12 @@ class RefocusOptions:
     max_spread_fraction : float
         Part of the spread limit proportional to the predicted magnitude
         (patch predictions scatter more far from focus).
+    min_lone_importance : float
+        Abstain when the first prediction rests on a single patch whose RIN
+        importance is below this (0 disables). On the simulated slides a
+        lone cell or tissue fragment scores 0.98-1.0 and a lone speck of
+        debris 0.83-0.89 (just above the model's threshold, and only out of
+        focus); see ``docs/refocus.md``.
     fallback : {"none", "hill_climb"}
         What to do instead of abstaining: "hill_climb" runs the classical
         coarse-to-fine hill climb on a focus measure
@@ -188,6 +194,7 @@ class RefocusOptions:
     min_direction_agreement: float = 0.6
     max_spread_um: float | None = None
     max_spread_fraction: float = 1.0
+    min_lone_importance: float = 0.9
     fallback: str = "none"
     fallback_max_snaps: int = 20
     fallback_range_um: float = 25.0
@@ -247,6 +254,12 @@ class RefocusOptions:
             raise ValueError(
                 "max_spread_fraction must be a finite number >= 0, "
                 f"got {self.max_spread_fraction!r}"
+            )
+        if not (
+            _is_finite_number(self.min_lone_importance) and 0.0 <= self.min_lone_importance <= 1.0
+        ):
+            raise ValueError(
+                f"min_lone_importance must be in [0, 1], got {self.min_lone_importance!r}"
             )
         if self.fallback not in FALLBACKS:
             raise ValueError(f"fallback must be one of {FALLBACKS}, got {self.fallback!r}")
@@ -812,6 +825,14 @@ class _Refocus:
                 return f"no usable content ({reason})"
             return f"the prediction is not a finite number ({pred.defocus_um!r})"
         assert reading.magnitude_um is not None
+        patches = tuple(getattr(pred, "patches", ()) or ())
+        if len(patches) == 1:
+            importance = getattr(patches[0], "importance", None)
+            if _is_finite_number(importance) and importance < self.opts.min_lone_importance:
+                return (
+                    f"no usable content (one patch, importance {importance:.2f} < "
+                    f"{self.opts.min_lone_importance:g}: too weak to move on alone)"
+                )
         agree = getattr(pred, "direction_agreement", 1.0)
         if _is_finite_number(agree) and agree < self.opts.min_direction_agreement:
             return (
