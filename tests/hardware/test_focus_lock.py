@@ -96,6 +96,28 @@ def test_no_runaway_on_an_empty_field(sim_core, model):
     assert all(e.defocus_um is None and e.move_um == 0.0 for e in events)
 
 
+def test_a_lone_speck_of_debris_does_not_steer_the_lock(sim_core, model):
+    # the seeded slide's empty site (22, 45) holds a speck of debris that the RIN
+    # scores just above its threshold when out of focus (see test_refocus.py)
+    scope = load_simulated_microscope(sim_core, seed=0, sensor_shape_px=BIG)
+    scope.move_to_site((22, 45))
+    assert scope.current_site().sparsity == "empty"
+    z0 = scope.move_to_defocus(6.0)
+    lock = FocusLock(sim_core, model, every_n_frames=1, min_interval_s=0.0, pause_after_empty=2)
+    lock.start()
+    events, zs = feed(lock, sim_core, 3, snap=True)
+    assert all(z == z0 for z in zs) and lock.corrections == ()
+    assert "too weak to move on alone" in events[0].message
+    assert lock.state is FocusLockState.PAUSED_NO_CONTENT
+    # the same frames steer a lock without the gate
+    lock = FocusLock(
+        sim_core, model, every_n_frames=1, min_interval_s=0.0, min_lone_importance=0.0
+    )
+    lock.start()
+    feed(lock, sim_core, 1, snap=True)
+    assert len(lock.corrections) == 1 and sim_core.getPosition() != z0
+
+
 def test_blank_frames_never_move_the_stage(microscope, model):
     # many frames of a blank, noisy 1120 px field straight into the lock
     core = microscope.core
@@ -332,6 +354,8 @@ def test_bad_arguments(microscope):
         {"max_drift_um": 0},
         {"z_min_um": 2.0, "z_max_um": 1.0},
         {"pause_after_empty": 0},
+        {"min_lone_importance": 1.5},
+        {"min_lone_importance": math.nan},
     ):
         with pytest.raises(ValueError):
             FocusLock(core, fake, **bad)

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ._camera import frame_to_rgb
-from ._refocus import _default_model, _is_finite_number
+from ._refocus import _default_model, _is_finite_number, _weak_lone_patch
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -130,6 +130,10 @@ class FocusLock:
         Analysed frames in a row without content before the lock pauses (>= 1).
     min_direction_agreement : float
         Predictions whose patches agree less on the direction are not acted on.
+    min_lone_importance : float
+        A prediction resting on a single patch whose RIN importance is below
+        this counts as a frame without content (a speck of debris on an
+        empty field; see ``RefocusOptions.min_lone_importance``). 0 disables.
     pixel_size_um : float, optional
         Sample pixel size; ``None``: ``core.getPixelSizeUm()`` (the model's if
         unset), 0: the model's.
@@ -169,6 +173,7 @@ class FocusLock:
         max_drift_um: float | None = 10.0,
         pause_after_empty: int = 2,
         min_direction_agreement: float = 0.6,
+        min_lone_importance: float = 0.9,
         pixel_size_um: float | None = None,
         focus_device: str | None = None,
         history_len: int = 1000,
@@ -207,6 +212,8 @@ class FocusLock:
             raise ValueError(
                 f"min_direction_agreement must be in [0, 1], got {min_direction_agreement!r}"
             )
+        if not (_is_finite_number(min_lone_importance) and 0 <= min_lone_importance <= 1):
+            raise ValueError(f"min_lone_importance must be in [0, 1], got {min_lone_importance!r}")
         self.core = core
         self.model = _default_model() if model is None else model
         if not callable(getattr(self.model, "predict", None)):
@@ -225,6 +232,7 @@ class FocusLock:
         self.max_drift_um = max_drift_um
         self.pause_after_empty = int(pause_after_empty)
         self.min_direction_agreement = float(min_direction_agreement)
+        self.min_lone_importance = float(min_lone_importance)
         self.pixel_size_um = pixel_size_um
         self.focus_device = focus_device
         self.clock = clock
@@ -355,12 +363,16 @@ class FocusLock:
 
     def _decide(self, pred: Any, z: float, now: float) -> FocusLockEvent:
         d = getattr(pred, "defocus_um", None)
-        if d is None or not _is_finite_number(d):
+        weak = _weak_lone_patch(pred, self.min_lone_importance) if d is not None else ""
+        if d is None or not _is_finite_number(d) or weak:
             self._empties += 1
             self._last_abs_um = None
             paused = self._empties >= self.pause_after_empty
             self._state = FocusLockState.PAUSED_NO_CONTENT if paused else FocusLockState.HOLDING
-            what = "no usable content" if d is None else f"non-finite prediction {d!r}"
+            if weak:
+                what = f"no usable content ({weak})"
+            else:
+                what = "no usable content" if d is None else f"non-finite prediction {d!r}"
             return self._record(now, z, None, 0.0, f"{what}: holding still")
         d = float(d)
         if self._calibration is not None:

@@ -498,6 +498,20 @@ def _is_finite_number(v: Any) -> bool:
     )
 
 
+def _weak_lone_patch(pred: Any, min_importance: float) -> str:
+    """Say why ``pred`` rests on one patch too weak to act on alone ('' if it does not)."""
+    patches = tuple(getattr(pred, "patches", ()) or ())
+    if len(patches) != 1:
+        return ""
+    importance = getattr(patches[0], "importance", None)
+    if not (_is_finite_number(importance) and importance < min_importance):
+        return ""
+    return (
+        f"one patch, importance {importance:.2f} < {min_importance:g}: "
+        "too weak to move on alone"
+    )
+
+
 _DEFAULT_MODEL: list[Any] = []
 
 
@@ -825,14 +839,9 @@ class _Refocus:
                 return f"no usable content ({reason})"
             return f"the prediction is not a finite number ({pred.defocus_um!r})"
         assert reading.magnitude_um is not None
-        patches = tuple(getattr(pred, "patches", ()) or ())
-        if len(patches) == 1:
-            importance = getattr(patches[0], "importance", None)
-            if _is_finite_number(importance) and importance < self.opts.min_lone_importance:
-                return (
-                    f"no usable content (one patch, importance {importance:.2f} < "
-                    f"{self.opts.min_lone_importance:g}: too weak to move on alone)"
-                )
+        weak = _weak_lone_patch(pred, self.opts.min_lone_importance)
+        if weak:
+            return f"no usable content ({weak})"
         agree = getattr(pred, "direction_agreement", 1.0)
         if _is_finite_number(agree) and agree < self.opts.min_direction_agreement:
             return (
