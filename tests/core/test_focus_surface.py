@@ -282,3 +282,41 @@ def test_smoothing_spline_bad_input_and_degenerate_points():
     line = fit_focus_surface([0, 1, 2, 3, 4], [0, 0, 0, 0, 0], [1, 2, 1, 2, 1], degree=0,
                              spline_smoothing=0.1)  # fmt: skip
     assert line.spline_smoothing is None
+
+
+def test_smoothing_spline_judges_outliers_by_the_surface_it_makes():
+    # A slide that bows beyond a quadratic (the simulated slide of seed 3: a dome
+    # 12 µm deep over the 5 x 5 tile centres), readings with 0.4 µm noise and no
+    # outlier at all: the polynomial's robust fit rejects good tiles where it
+    # cannot follow the bow; the spline surface tests each tile against the spline
+    # through the others (leave-one-out) and keeps them.
+    from napari_sparsefocus.core import VirtualSlide
+
+    slide = VirtualSlide(seed=3, curvature_um=12, ripple_um=2)
+    g = np.linspace(-3000.0, 3000.0, 5)
+    gx, gy = np.meshgrid(g, g)
+    x, y = gx.ravel(), gy.ravel()
+    z_true = slide.z_focus_um(x, y)
+    assert np.ptp(z_true) > 10.0
+    qx, qy = np.meshgrid(np.linspace(-3000, 3000, 41), np.linspace(-3000, 3000, 41))
+    truth = slide.z_focus_um(qx, qy)
+    poly_out = spline_out = caught = 0
+    poly_rms, spline_rms = [], []
+    for k in range(20):
+        z = z_true + np.random.default_rng(k).normal(0.0, 0.4, x.size)
+        poly = fit_focus_surface(x, y, z, degree=2, min_scale_um=0.293)
+        spline = fit_focus_surface(x, y, z, degree=2, min_scale_um=0.293, spline_smoothing=0.1)
+        poly_out += int(poly.outliers.sum())
+        spline_out += int(spline.outliers.sum())
+        poly_rms.append(rms_um(poly(qx, qy) - truth))
+        spline_rms.append(rms_um(spline(qx, qy) - truth))
+        assert np.all(spline.robust_weights[spline.inliers] > 0)
+        assert np.all(spline.robust_weights[~spline.inliers] == 0)
+        # a tile 8 µm off is still rejected by the leave-one-out test
+        z[7] += 8.0
+        bad = fit_focus_surface(x, y, z, degree=2, min_scale_um=0.293, spline_smoothing=0.1)
+        caught += bool(bad.outliers[7])
+    assert poly_out >= 5
+    assert spline_out <= 1
+    assert np.mean(spline_rms) < 0.8 * np.mean(poly_rms)
+    assert caught == 20

@@ -363,7 +363,8 @@ class LonePatchModel(FakeModel):
 )
 def test_lone_weak_patch_gate(microscope, importances, option, moves):
     z0 = microscope.move_to_defocus(5.0)
-    result = refocus(microscope.core, LonePatchModel(microscope, importances), polish=False, **option)
+    fake = LonePatchModel(microscope, importances)
+    result = refocus(microscope.core, fake, polish=False, **option)
     if moves:
         assert result.in_focus and result.moves >= 1
     else:

@@ -173,7 +173,8 @@ class FocusSurface:
         Prior weights as given (confidence; 0 = ignored).
     robust_weights : numpy.ndarray
         Final robust (M-estimator) weights in ``[0, 1]``; all 1 for a plain
-        least-squares fit.
+        least-squares fit; with a spline on a robust fit, those of its
+        leave-one-out test.
     residuals_um : numpy.ndarray
         ``z_um - surface(x_um, y_um)`` at every point, including ignored and
         rejected ones.
@@ -181,6 +182,8 @@ class FocusSurface:
         Points that carry weight and whose leverage-adjusted residual
         ``r / sqrt(1 - h)`` is within ``4.685 * scale_estimate_um`` (robust
         fits); for plain least squares, every point with positive weight.
+        With a spline on a robust fit: the points its leave-one-out test
+        keeps (see :func:`fit_focus_surface`).
     scale_estimate_um : float
         Robust residual scale used to reject outliers (from the
         leverage-adjusted residuals, see :func:`fit_focus_surface`), floored
@@ -490,7 +493,9 @@ def fit_focus_surface(
         weight relative to the largest, so confident points are followed
         more closely. 0 interpolates the inliers exactly; larger values
         approach the polynomial. Needs at least four inliers not all on a
-        line, else the surface stays a polynomial. Default: no spline.
+        line, else the surface stays a polynomial. With ``robust=True`` the
+        outliers are then judged against the surface the spline makes (see
+        Notes). Default: no spline.
 
     Returns
     -------
@@ -530,6 +535,17 @@ def fit_focus_surface(
     outliers among many points (the typical failure of a one-shot predictor
     on an empty or ambiguous tile) the biweight gives them weight 0 and the
     fit equals the least-squares fit of the rest.
+
+    With a spline, a polynomial that cannot follow the slide (a dome deeper
+    than a quadratic) would reject good points at its edges. So the outliers
+    are judged again against the surface the spline makes, each point left
+    out of its own test: its residual from the polynomial minus the spline
+    through the *other* inliers. Tukey's biweight of that residual over
+    ``4.685`` scales (the MAD of the inliers' test residuals, floored at
+    `min_scale_um`) gives the new robust weights, starting from the
+    polynomial's and repeated until the inliers settle. The polynomial part
+    stays the robust fit above; `inliers` and `robust_weights` are those of
+    the spline.
 
     References
     ----------
@@ -574,7 +590,7 @@ def fit_focus_surface(
     args = (x, y, w, deg, robust, loss, min_scale_um, max_iter, tol_um)
     fit = _fit(z, *args)
     if z_alt is None:
-        return _with_spline(fit, spline_smoothing)
+        return _with_spline(fit, spline_smoothing, min_scale_um)
     # Switch points whose own z the fit rejects but whose alternative it accepts,
     # refit, and repeat until no point changes side.
     switched = np.zeros(x.size, dtype=bool)
@@ -590,38 +606,102 @@ def fit_focus_surface(
             break
         switched ^= flip
         fit = _fit(np.where(switched, z_alt, z), *args)
-    return _with_spline(dataclasses.replace(fit, switched=switched), spline_smoothing)
+    return _with_spline(dataclasses.replace(fit, switched=switched), spline_smoothing, min_scale_um)
 
 
-def _with_spline(fit: FocusSurface, smoothing: float | None) -> FocusSurface:
+def _spline_through(
+    uv: NDArray[np.float64],
+    r: NDArray[np.float64],
+    w: NDArray[np.float64],
+    smoothing: float,
+) -> Any:
+    """Thin-plate spline through residuals ``r`` at ``uv``, smoothing ``smoothing / sqrt(w)``."""
+    from scipy.interpolate import RBFInterpolator
+
+    w = np.maximum(w / w.max(), 1e-6)
+    return RBFInterpolator(
+        uv, r, kernel="thin_plate_spline", degree=1, smoothing=smoothing / np.sqrt(w)
+    )
+
+
+def _loo_reweight(
+    uv: NDArray[np.float64],
+    r: NDArray[np.float64],
+    w: NDArray[np.float64],
+    robust_w: NDArray[np.float64],
+    smoothing: float,
+    min_scale_um: float,
+) -> NDArray[np.float64]:
+    """Robust weights judged against the spline surface, each point left out of its own test.
+
+    A point's test residual is its residual minus the spline through the
+    *other* inliers (an outlier's: minus the spline through all inliers),
+    weighted by prior times the current robust weight. The new robust weight
+    is Tukey's biweight of the test residual over ``4.685`` scales, the scale
+    being the MAD of the inliers' test residuals (floored at `min_scale_um`).
+    Repeated until the inlier set settles (at most 10 rounds); `robust_w`
+    unchanged if a spline cannot be fitted.
+    """
+    cand = w > 0
+    rw = np.where(cand, robust_w, 0.0)
+    for _ in range(10):
+        idx = np.flatnonzero(rw > 0)
+        if idx.size < 5:
+            return rw
+        ww = w * rw
+        try:
+            full = _spline_through(uv[idx], r[idx], ww[idx], smoothing)
+            test = r - full(uv)
+            for j, i in enumerate(idx):
+                keep = np.delete(idx, j)
+                f = _spline_through(uv[keep], r[keep], ww[keep], smoothing)
+                test[i] = r[i] - float(f(uv[i : i + 1])[0])
+        except (ValueError, np.linalg.LinAlgError):  # e.g. the rest all on a line
+            return rw
+        scale = max(_MAD_TO_SIGMA * float(np.median(np.abs(test[idx]))), min_scale_um)
+        new = np.where(cand, _psi_weights(test / (_TUKEY_C * scale), "tukey"), 0.0)
+        settled = np.array_equal(new > 0, rw > 0)
+        rw = new
+        if settled:
+            break
+    return rw
+
+
+def _with_spline(fit: FocusSurface, smoothing: float | None, min_scale_um: float) -> FocusSurface:
     """Add the smoothing spline of ``fit_focus_surface`` through the inliers' residuals."""
     if smoothing is None:
         return fit
     inl = fit.inliers & (fit.weights > 0)
     if np.count_nonzero(inl) < 4:
         return fit
-    from scipy.interpolate import RBFInterpolator
-
     uv = np.stack(
         [
-            (fit.x_um[inl] - fit.center_um[0]) / fit.scale_um,
-            (fit.y_um[inl] - fit.center_um[1]) / fit.scale_um,
+            (fit.x_um - fit.center_um[0]) / fit.scale_um,
+            (fit.y_um - fit.center_um[1]) / fit.scale_um,
         ],
         axis=1,
     )
-    w = (fit.weights * fit.robust_weights)[inl]
-    w = np.maximum(w / w.max(), 1e-6)
-    try:
-        spline = RBFInterpolator(
-            uv,
-            fit.residuals_um[inl],
-            kernel="thin_plate_spline",
-            degree=1,
-            smoothing=float(smoothing) / np.sqrt(w),
+    smoothing = float(smoothing)
+    if fit.robust:
+        # The polynomial's robust fit rejects points it cannot follow, good ones
+        # too where the slide bows beyond it; judge them against the surface the
+        # map uses (polynomial + spline), each point left out of its own test.
+        rw = _loo_reweight(
+            uv, fit.residuals_um, fit.weights, fit.robust_weights * inl, smoothing, min_scale_um
         )
+        inl = rw > 0
+    else:
+        rw = fit.robust_weights
+    if np.count_nonzero(inl) < 4:
+        return fit
+    w = fit.weights * rw
+    try:
+        spline = _spline_through(uv[inl], fit.residuals_um[inl], w[inl], smoothing)
     except (ValueError, np.linalg.LinAlgError):  # e.g. all inliers on a line
         return fit
-    out = dataclasses.replace(fit, spline_smoothing=float(smoothing), _spline=spline)
+    out = dataclasses.replace(
+        fit, spline_smoothing=smoothing, _spline=spline, inliers=inl, robust_weights=rw
+    )
     residuals = fit.z_um - out(fit.x_um, fit.y_um)
     wi = fit.weights[inl]
     rms = float(np.sqrt(np.sum(wi * residuals[inl] ** 2) / np.sum(wi)))

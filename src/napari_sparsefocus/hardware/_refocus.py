@@ -506,10 +506,7 @@ def _weak_lone_patch(pred: Any, min_importance: float) -> str:
     importance = getattr(patches[0], "importance", None)
     if not (_is_finite_number(importance) and importance < min_importance):
         return ""
-    return (
-        f"one patch, importance {importance:.2f} < {min_importance:g}: "
-        "too weak to move on alone"
-    )
+    return f"one patch, importance {importance:.2f} < {min_importance:g}: too weak to move on alone"
 
 
 _DEFAULT_MODEL: list[Any] = []
