@@ -169,7 +169,12 @@ def main() -> None:
     )
     ap.add_argument("--curvature-um", type=float, default=12.0)
     ap.add_argument("--ripple-um", type=float, default=2.0)
-    ap.add_argument("--offset", type=float, default=3.0, help="one-shot snap offset (µm)")
+    ap.add_argument(
+        "--offset",
+        type=float,
+        default=-3.0,
+        help="one-shot snap offset (µm; scan_focus_map's default)",
+    )
     ap.add_argument(
         "--no-resolve-sign",
         dest="resolve_sign",
