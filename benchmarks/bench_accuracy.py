@@ -69,6 +69,25 @@ def _targets(results, dof_um: float) -> dict:
     return {"groups": rows, "all_met": ok_all}
 
 
+def _training_runs(model: object, paths: dict[str, Path]) -> str:
+    """Name the last training run (its ``--out-dir``) of the DPN and of each baseline.
+
+    The networks do not all get every fine-tuning round; the folders say which
+    round each file comes from (``scripts/train-default-model.sh``).
+    """
+    found = {"SparseFocus DPN": model.config.get("training", {}).get("dpn", {})}
+    for name, path in paths.items():
+        try:
+            found[name] = json.loads(Path(path).read_text(encoding="utf-8")).get("training", {})
+        except (OSError, ValueError):
+            found[name] = {}
+    parts = []
+    for name, rec in found.items():
+        out_dir = rec.get("config", {}).get("out_dir") if isinstance(rec, dict) else None
+        parts.append(f"{name} `{out_dir}`" if out_dir else f"{name} (unrecorded)")
+    return ", ".join(parts)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "evaluation")
@@ -102,6 +121,7 @@ def main() -> None:
     out_arg = args.out.resolve()
     if out_arg.is_relative_to(ROOT):
         out_arg = out_arg.relative_to(ROOT)
+    runs = _training_runs(model, paths)
     command = (
         f"python benchmarks/bench_accuracy.py --out {out_arg} --fields {args.fields} "
         f"--shots {args.shots} --classical-shots {args.classical_shots}"
@@ -116,8 +136,8 @@ def main() -> None:
             f"(disjoint from training by construction); {spec.fields_per_group} fields × "
             f"{spec.shots_per_field} random defocus shots, uniform in ±25 µm, per group; frames "
             f"{spec.shape_px[0]}×{spec.shape_px[1]} px; DoF {dof:.2f} µm. Models: the bundled "
-            f"default and the bundled baselines (`scripts/train-default-model.sh`). Reproduce: "
-            f"`{command}`."
+            f"default and the bundled baselines (`scripts/train-default-model.sh`; last "
+            f"training run of each: {runs}). Reproduce: `{command}`."
         ),
         metadata={
             "model": str(args.model or "bundled"),
