@@ -327,6 +327,23 @@ def test_limits_hold_for_adversarial_predictions(microscope):
         assert lo <= core.getPosition() <= hi
 
 
+def test_an_under_read_first_reading_is_not_taken_for_a_sign_error(microscope):
+    # A sparse field far from focus can read a few µm at 20 µm (seen on the
+    # benchmark): the first move is then right but short, and the next reading,
+    # on the same side, is much larger. The sign-error rule must not flip it.
+    fake = FakeModel(microscope, lambda d, n: d / 10 if n == 1 else d)
+    z0 = microscope.move_to_defocus(19.5)
+    result = refocus(microscope.core, fake, polish=False)
+    assert result.in_focus and abs(microscope.true_defocus_um()) < 1e-6
+    assert all(z <= z0 + 1e-9 for z in result.commanded_z_um)  # never away from focus
+    # a consistently wrong sign still is caught: |d| doubles after the first move
+    fake = FakeModel(microscope, lambda d, n: -d)
+    z0 = microscope.move_to_defocus(4.0)
+    result = refocus(microscope.core, fake, polish=False, max_moves=3)
+    assert result.commanded_z_um[0] == pytest.approx(z0 + 4.0)
+    assert min(result.commanded_z_um[1:]) < z0
+
+
 def test_non_finite_first_prediction_abstains(microscope):
     for value in (math.nan, math.inf, -math.inf):
         z0 = microscope.move_to_defocus(3.0)

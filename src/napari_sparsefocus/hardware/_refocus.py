@@ -88,6 +88,10 @@ _POLISH_SAME_STEPS = 0.25
 _POLISH_REUSE_STEPS = (0.5, 1.5)
 #: Polish: sharpness varying less than this (relative) over the samples shows no peak.
 _POLISH_MIN_CONTRAST = 0.05
+#: The sign-error rule reads |defocus| growing by more than this × the move, plus
+#: this many DoF, on the same side of focus, as an under-read first reading.
+_UNDERREAD_GROWTH = 1.5
+_UNDERREAD_DOF = 2.0
 
 
 @dataclass(frozen=True)
@@ -583,7 +587,10 @@ def iter_refocus(
     move went the wrong way when either
 
     - ``a1 >= a0 + |m| / 2``: the predicted defocus grew by at least half the
-      move (a full move in the wrong direction doubles it), or
+      move (a full move in the wrong direction doubles it) — unless it grew by
+      more than ``1.5 |m| + 2 DoF`` with ``d1`` on the same side as ``d0``,
+      which no wrong-way move explains: the first reading under-read the
+      distance and the next target is ``z1 - d1`` — or
     - the content got blurrier (Brenner over the content patches of the
       first snap fell below 90 % of its value) although ``|m|`` was at least
       two depths of field, or the content vanished after such a move.
@@ -1088,7 +1095,21 @@ class _Refocus:
             return False
         assert before.magnitude_um is not None and after.magnitude_um is not None
         # a wrong-way move of the full predicted size doubles |defocus|
-        return after.magnitude_um >= before.magnitude_um + 0.5 * abs(m)
+        grew = after.magnitude_um - before.magnitude_um
+        if grew < 0.5 * abs(m):
+            return False
+        # Far more growth than a wrong-way move can add, with the new reading on the
+        # same side as the first: the first reading under-read the distance (a sparse
+        # field far from focus can read a few µm at 20 µm) and the move went the right
+        # way, just not far enough; flipping would send the stage further off.
+        if (
+            before.defocus_um is not None
+            and after.defocus_um is not None
+            and math.copysign(1.0, before.defocus_um) == math.copysign(1.0, after.defocus_um)
+            and grew > _UNDERREAD_GROWTH * abs(m) + _UNDERREAD_DOF * dof
+        ):
+            return False
+        return True
 
     def _behind(self, before: RefocusReading, after: RefocusReading, m: float) -> float:
         """Target after a wrong-direction move ``m`` from `before` to `after`."""
