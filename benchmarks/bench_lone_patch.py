@@ -102,7 +102,7 @@ def main() -> None:
         }
         print(
             f"{cls:16s} {len(fr)} frames, {len(lone)} rest on one patch; "
-            + ", ".join(f"below {t:g}: {n}" for t, n in summary[cls]["blocked_lone_frames"].items())
+            + ", ".join(f"below {t}: {n}" for t, n in summary[cls]["blocked_lone_frames"].items())
         )
     results = {
         "benchmark": "lone_patch",

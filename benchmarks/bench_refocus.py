@@ -58,6 +58,7 @@ def _sparsefocus(scope, model, pixel_size_um, polish):
         "snaps": r.snaps,
         "moves": r.moves,
         "verdict": r.verdict,
+        "message": r.message,
         "polish": None if r.polish is None else r.polish.method,
         "polish_snaps": 0 if r.polish is None else r.polish.snaps,
         "sim_s": scope.sim_time_s - t_sim,
