@@ -11,7 +11,7 @@ class (extremely sparse: lone cells or fragments, blocking them costs an
 abstention; empty: debris or a neighbour's edge, blocking them is the point).
 
 Run: ``nice -n 15 .venv/bin/python benchmarks/bench_lone_patch.py [--seeds 0 1 --sites 12]``
-(about 8 min on one core). Writes benchmarks/results/lone_patch.json.
+(about 2–3 min on one core). Writes benchmarks/results/lone_patch.json.
 """
 
 from __future__ import annotations
