@@ -507,8 +507,8 @@ def _weak_lone_patch(pred: Any, min_importance: float) -> str:
     patches = tuple(getattr(pred, "patches", ()) or ())
     if len(patches) != 1:
         return ""
-    importance = getattr(patches[0], "importance", None)
-    if not (_is_finite_number(importance) and importance < min_importance):
+    importance: Any = getattr(patches[0], "importance", None)
+    if not _is_finite_number(importance) or importance >= min_importance:
         return ""
     return f"one patch, importance {importance:.2f} < {min_importance:g}: too weak to move on alone"
 
