@@ -133,9 +133,10 @@ class RefocusOptions:
     min_lone_importance : float
         Abstain when the first prediction rests on a single patch whose RIN
         importance is below this (0 disables). On the simulated slides a
-        lone cell or tissue fragment scores 0.98-1.0 and a lone speck of
-        debris 0.83-0.89 (just above the model's threshold, and only out of
-        focus); see ``docs/refocus.md``.
+        lone cell or tissue fragment almost always scores above 0.9 (3 of
+        408 frames below it) and the specks of debris that made the
+        controller move 0.83-0.89, just above the model's threshold and only
+        out of focus (``benchmarks/bench_lone_patch.py``, ``docs/refocus.md``).
     fallback : {"none", "hill_climb"}
         What to do instead of abstaining: "hill_climb" runs the classical
         coarse-to-fine hill climb on a focus measure
