@@ -77,11 +77,16 @@ def feed(lock, core, n, *, snap=False):
 
 
 # --------------------------------------------------------------------- real model
-def test_no_runaway_on_an_empty_field(sim_core, model):
-    scope = load_simulated_microscope(sim_core, seed=0, sensor_shape_px=BIG)
-    scope.move_to_site((33, 14))
+def at_empty_site(core, site, defocus_um):
+    """Load the seeded slide at 1120 px, go to an empty `site` at `defocus_um`; return Z."""
+    scope = load_simulated_microscope(core, seed=0, sensor_shape_px=BIG)
+    scope.move_to_site(site)
     assert scope.current_site().sparsity == "empty"
-    z0 = scope.move_to_defocus(6.0)
+    return scope.move_to_defocus(defocus_um)
+
+
+def test_no_runaway_on_an_empty_field(sim_core, model):
+    z0 = at_empty_site(sim_core, (33, 14), 6.0)
     lock = FocusLock(sim_core, model, every_n_frames=1, min_interval_s=0.0, pause_after_empty=2)
     lock.start()
     events, zs = feed(lock, sim_core, 6, snap=True)
@@ -99,10 +104,7 @@ def test_no_runaway_on_an_empty_field(sim_core, model):
 def test_a_lone_speck_of_debris_does_not_steer_the_lock(sim_core, model):
     # the seeded slide's empty site (22, 45) holds a speck of debris that the RIN
     # scores just above its threshold when out of focus (see test_refocus.py)
-    scope = load_simulated_microscope(sim_core, seed=0, sensor_shape_px=BIG)
-    scope.move_to_site((22, 45))
-    assert scope.current_site().sparsity == "empty"
-    z0 = scope.move_to_defocus(6.0)
+    z0 = at_empty_site(sim_core, (22, 45), 6.0)
     lock = FocusLock(sim_core, model, every_n_frames=1, min_interval_s=0.0, pause_after_empty=2)
     lock.start()
     events, zs = feed(lock, sim_core, 3, snap=True)
@@ -110,9 +112,7 @@ def test_a_lone_speck_of_debris_does_not_steer_the_lock(sim_core, model):
     assert "too weak to move on alone" in events[0].message
     assert lock.state is FocusLockState.PAUSED_NO_CONTENT
     # the same frames steer a lock without the gate
-    lock = FocusLock(
-        sim_core, model, every_n_frames=1, min_interval_s=0.0, min_lone_importance=0.0
-    )
+    lock = FocusLock(sim_core, model, every_n_frames=1, min_interval_s=0.0, min_lone_importance=0.0)
     lock.start()
     feed(lock, sim_core, 1, snap=True)
     assert len(lock.corrections) == 1 and sim_core.getPosition() != z0
