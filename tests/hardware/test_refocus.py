@@ -344,6 +344,34 @@ def test_an_under_read_first_reading_is_not_taken_for_a_sign_error(microscope):
     assert min(result.commanded_z_um[1:]) < z0
 
 
+def test_budget_spent_goes_where_two_readings_agree(microscope):
+    # The benchmark's one miss (sparse tissue, 19.5 µm above focus), replayed: the
+    # first reading under-reads (7.5 µm), the second is right but grew too little to
+    # be read as an under-read, so the direction is flipped; the stage goes 27 µm
+    # off, which reads 20 µm, comes back to 6.7 µm, and the three moves are spent.
+    # The second and fourth readings, 5 µm apart, put the focus at the same place:
+    # the controller ends there, not back at the start.
+    def rule(d, n):
+        if n == 1:
+            return 0.384 * d
+        return d if abs(d) <= 15.0 else 0.75 * d
+
+    microscope.move_to_defocus(19.5)
+    result = refocus(microscope.core, FakeModel(microscope, rule), polish=False)
+    assert result.verdict == "budget_spent", result.message
+    assert "two readings from different heights" in result.message
+    assert abs(microscope.true_defocus_um()) <= result.tolerance_um
+    assert result.moves == 4 and result.snaps == 4
+    # without the agreement (readings that never agree) it still goes back to the start
+    microscope.move_to_defocus(19.5)
+    z0 = microscope.core.getPosition()
+    fake = FakeModel(microscope, lambda d, n: rule(d, n) + 3.0 * n)
+    result = refocus(microscope.core, fake, polish=False)
+    assert result.verdict == "budget_spent", result.message
+    assert "two readings" not in result.message
+    assert result.final_z_um == pytest.approx(z0) or "sharp" in result.message
+
+
 def test_non_finite_first_prediction_abstains(microscope):
     for value in (math.nan, math.inf, -math.inf):
         z0 = microscope.move_to_defocus(3.0)

@@ -92,6 +92,10 @@ _POLISH_MIN_CONTRAST = 0.05
 #: this many DoF, on the same side of focus, as an under-read first reading.
 _UNDERREAD_GROWTH = 1.5
 _UNDERREAD_DOF = 2.0
+#: Return to best: two readings taken at least ``_AGREE_APART_DOF`` DoF apart whose
+#: focus positions (``z - d``) agree within ``_AGREE_DOF`` DoF locate the focus.
+_AGREE_APART_DOF = 2.0
+_AGREE_DOF = 1.0
 
 
 @dataclass(frozen=True)
@@ -162,8 +166,11 @@ class RefocusOptions:
     return_to_best : bool
         When the budget runs out (or a verification loses the content), move
         to the best position known: the interpolation between the last two
-        readings if they bracket the focus, else the snapped position whose
-        content was clearly (> 10 %) sharper than at the start, else the start.
+        readings if they bracket the focus, else the focus two readings from
+        heights at least 2 DoF apart agree on (within 1 DoF; an under-read far
+        reading never agrees with a nearer one by chance), else the snapped
+        position whose content was clearly (> 10 %) sharper than at the start,
+        else the start.
     polish : bool
         Finish with a local measurement (default): once the model puts the
         stage within ``polish_within_um`` of focus (or two readings bracket
@@ -1112,6 +1119,36 @@ class _Refocus:
             return False
         return True
 
+    def _agreed_focus(self, usable: list[RefocusReading]) -> float | None:
+        """The focus two readings from clearly different heights agree on, if any.
+
+        Each reading puts the focus at ``z - d``. Far from focus the model
+        under-reads, by an amount that changes with the distance, so two
+        readings taken at least ``_AGREE_APART_DOF`` DoF apart that still agree
+        within ``_AGREE_DOF`` DoF are most likely both right. The most recent
+        such pair wins; its mean must lie inside the sharpness interval, the
+        soft limits and the excursion from the start.
+        """
+        dof = self.dof_um
+        for j in range(len(usable) - 1, 0, -1):
+            b = usable[j]
+            assert b.defocus_um is not None
+            for a in reversed(usable[:j]):
+                assert a.defocus_um is not None
+                if abs(a.z_um - b.z_um) < _AGREE_APART_DOF * dof:
+                    continue
+                fa, fb = a.z_um - a.defocus_um, b.z_um - b.defocus_um
+                if abs(fa - fb) > _AGREE_DOF * dof:
+                    continue
+                z = 0.5 * (fa + fb)
+                if (
+                    self.focus_lo <= z <= self.focus_hi
+                    and self.lo <= z <= self.hi
+                    and abs(z - self.start_um) <= self.excursion_um
+                ):
+                    return z
+        return None
+
     def _behind(self, before: RefocusReading, after: RefocusReading, m: float) -> float:
         """Target after a wrong-direction move ``m`` from `before` to `after`."""
         direction = math.copysign(1.0, m)
@@ -1222,6 +1259,8 @@ class _Refocus:
         z_mid = self._bracket(usable[-2], usable[-1], self.dof_um) if len(usable) >= 2 else None
         if z_mid is not None:
             z, why = z_mid, "interpolated between the last two readings, either side of focus"
+        elif (z_agreed := self._agreed_focus(usable)) is not None:
+            z, why = z_agreed, "where two readings from different heights put the focus"
         else:
             # sharpness is measured on every snap, with or without a usable prediction
             best = max(self.readings, key=lambda r: r.sharpness)
