@@ -11,7 +11,8 @@ model (default: the bundled one):
 * ``above``: +2…+4 µm and ``below``: −4…−2 µm (the focus map snaps 3 µm off).
 
 Per set and group: MAE, median signed error ("bias", reading minus truth) and
-the share within DoF/2. For the near set also the magnitude floor (median
+the share within DoF/2; for the far set also the same by distance from focus
+(and the median ratio of |reading| to |truth|). For the near set also the magnitude floor (median
 |reading| by true |defocus| bin) and how a one-snap focus check would fare:
 for thresholds on the calibrated |reading|, the share of frames it accepts,
 the share of those truly more than DoF/2 off, and the share of truly in-focus
@@ -40,6 +41,8 @@ KINDS = ("cell", "tissue")
 LEVELS = ("dense", "sparse", "extremely_sparse")
 SETS = {"near": (-1.5, 1.5), "far": (-25.0, 25.0), "above": (2.0, 4.0), "below": (-4.0, -2.0)}
 BINS = ((0.0, 0.3), (0.3, 0.6), (0.6, 1.0), (1.0, 1.5))
+#: |defocus| bins of the far set: how the first reading degrades with distance.
+FAR_BINS = ((0.0, 5.0), (5.0, 10.0), (10.0, 15.0), (15.0, 20.0), (20.0, 25.0))
 THRESHOLDS = (0.1, 0.2, 0.3, 0.4)
 
 
@@ -133,6 +136,17 @@ def main() -> None:
                     "q10_um": round(float(np.quantile(m, 0.1)), 2),
                     "q90_um": round(float(np.quantile(m, 0.9)), 2),
                 }
+    far = select("far")
+    by_distance: dict[str, Any] = {}
+    for lo, hi in FAR_BINS:
+        s = (np.abs(far[:, 0]) >= lo) & (np.abs(far[:, 0]) < hi)
+        if s.any():
+            err = far[s, 1] - far[s, 0]
+            by_distance[f"|d| {lo:g}-{hi:g}"] = {
+                **_stats(err, tol),
+                # under-reading shows as |reading| < |truth|
+                "median_ratio": round(float(np.median(np.abs(far[s, 1]) / np.abs(far[s, 0]))), 3),
+            }
     check: dict[str, Any] = {}
     if cal is not None and len(near):
         truth, reading = near[:, 0], cal.apply(near[:, 1])
@@ -164,6 +178,12 @@ def main() -> None:
             f"  {key:<22} n {v['n']:3d}  {v['median_abs_reading_um']:.2f} "
             f"({v['q10_um']:.2f}-{v['q90_um']:.2f})"
         )
+    print("\nfar set by distance from focus:")
+    for key, v in by_distance.items():
+        print(
+            f"  {key:<10} n {v['n']:3d}  MAE {v['mae_um']:.2f} bias {v['bias_um']:+.2f} "
+            f"≤DoF/2 {v['within_tol_pct']:.0f}%  |reading|/|truth| {v['median_ratio']:.3f}"
+        )
     share = 100 * np.mean(np.abs(near[:, 0]) <= tol)
     print(f"\none-snap focus check on the near set ({share:.0f} % truly within DoF/2):")
     for thr, v in check.items():
@@ -183,6 +203,7 @@ def main() -> None:
         "dof_um": float(model.optics.dof_um),
         "tolerance_um": tol,
         "sets": sets,
+        "far_by_distance": by_distance,
         "near_magnitude_floor": floor,
         "one_snap_check": check,
         "seconds": round(time.perf_counter() - t0, 1),
