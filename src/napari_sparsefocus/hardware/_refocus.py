@@ -1120,7 +1120,7 @@ class _Refocus:
         return True
 
     def _agreed_focus(self, usable: list[RefocusReading]) -> float | None:
-        """The focus two readings from clearly different heights agree on, if any.
+        """Return the focus two readings from clearly different heights agree on, if any.
 
         Each reading puts the focus at ``z - d``. Far from focus the model
         under-reads, by an amount that changes with the distance, so two
