@@ -600,6 +600,8 @@ def test_options_validation(microscope):
         {"polish_step_um": 0},
         {"polish_within_um": -1.0},
         {"polish_max_snaps": 1},
+        {"polish": "sometimes"},
+        {"polish": 1},
     ):
         with pytest.raises(ValueError):
             RefocusOptions(**bad)
@@ -675,6 +677,30 @@ def test_polish_corrects_a_biased_model(dense_scope):
     assert [s.phase for s in steps].count("polish") == p.snaps
     assert abs(scope.true_defocus_um()) <= result.tolerance_um
     assert result.final_z_um == pytest.approx(p.z_um)
+
+
+def test_auto_polish_trusts_a_confirming_reading_and_polishes_the_rest(dense_scope):
+    scope = dense_scope
+    # a reading within tolerance after the move ends it: one move, two snaps, no polish
+    biased = FakeModel(scope, lambda d, n: d + 0.4)
+    scope.move_to_defocus(8.0)
+    result = refocus(scope.core, biased, polish="auto")
+    assert result.verdict == "in_focus" and result.polish is None, result.message
+    assert result.moves == 1 and result.snaps == 2
+    assert scope.true_defocus_um() == pytest.approx(-0.4)
+    # the same start with polish=True measures the focus instead
+    scope.move_to_defocus(8.0)
+    result = refocus(scope.core, biased, polish=True)
+    assert result.polish is not None and result.moves > 1
+    # a reading outside tolerance but within 2 DoF is polished, as with polish=True
+    # (the first move lands 1.5 µm below focus, which then reads -1.5 µm)
+    far_biased = FakeModel(scope, lambda d, n: d + 1.5 if n == 1 else d)
+    scope.move_to_defocus(8.0)
+    result = refocus(scope.core, far_biased, polish="auto")
+    assert result.polish is not None and result.polish.method == "parabola", result.message
+    assert abs(scope.true_defocus_um()) <= result.tolerance_um
+    # numpy booleans are plain booleans
+    assert RefocusOptions(polish=np.bool_(True)).polish is True
 
 
 def test_polish_finishes_when_the_model_loses_sharpening_content(dense_scope):

@@ -171,13 +171,17 @@ class RefocusOptions:
         reading never agrees with a nearer one by chance), else the snapped
         position whose content was clearly (> 10 %) sharper than at the start,
         else the start.
-    polish : bool
+    polish : bool or "auto"
         Finish with a local measurement (default): once the model puts the
         stage within ``polish_within_um`` of focus (or two readings bracket
         it), sample the Brenner sharpness of the model's content region one
         ``polish_step_um`` either side (earlier snaps at the right places are
         reused) and go to the vertex of the parabola through the logarithms
         of the three values around the sharpest one (see :func:`iter_refocus`).
+        ``"auto"``: polish only what the model did not confirm — a reading
+        within ``tolerance_um`` (at the start or after a move) ends the
+        refocus as with ``False``; a bracket, a reading within
+        ``polish_within_um`` or lost content is polished as with ``True``.
     polish_step_um : float or None
         Spacing of the polish samples (µm, > 0). ``None``: one depth of field.
     polish_within_um : float or None
@@ -216,7 +220,7 @@ class RefocusOptions:
     pixel_size_um: float | None = None
     focus_device: str | None = None
     return_to_best: bool = True
-    polish: bool = True
+    polish: bool | str = True
     polish_step_um: float | None = None
     polish_within_um: float | None = None
     polish_max_snaps: int = 4
@@ -280,6 +284,10 @@ class RefocusOptions:
                 f"backlash_um must be >= 0 and smaller than max_move_um ({self.max_move_um}), "
                 f"got {self.backlash_um!r}"
             )
+        if isinstance(self.polish, np.bool_):
+            object.__setattr__(self, "polish", bool(self.polish))
+        if not (isinstance(self.polish, bool) or self.polish == "auto"):
+            raise ValueError(f"polish must be True, False or 'auto', got {self.polish!r}")
         for name in ("polish_step_um", "polish_within_um"):
             v = getattr(self, name)
             if v is not None and v <= 0:
@@ -638,7 +646,9 @@ def iter_refocus(
     stage goes to the vertex of the parabola through the logarithms of the
     sharpest sample and its neighbours. A fit that is not a proper maximum
     falls back to the sharpest sample, a flat (< 5 %) sharpness to the
-    centre; :attr:`RefocusResult.polish` records what was done.
+    centre; :attr:`RefocusResult.polish` records what was done. With
+    ``polish="auto"`` a reading within ``tolerance_um`` is trusted (no
+    polish); everything else that would be polished still is.
 
     **Safety.** Every commanded position lies in ``[z_min_um, z_max_um]``
     and every single command is at most ``max_move_um`` long, even for huge,
@@ -961,7 +971,7 @@ class _Refocus:
         assert r0.defocus_um is not None and r0.magnitude_um is not None
         if abs(r0.defocus_um) <= tol:
             message = f"already in focus: |defocus| {abs(r0.defocus_um):.3g} ≤ {tol:.3g} µm"
-            if opts.polish:
+            if opts.polish is True:
                 message += "; " + (yield from self._polish(r0.z_um)).describe()
             return "in_focus", message
 
@@ -1004,7 +1014,7 @@ class _Refocus:
                     f"verified: |defocus| {abs(last.defocus_um):.3g} ≤ {tol:.3g} µm "
                     f"after {self.moves} move(s)"
                 )
-                if opts.polish:
+                if opts.polish is True:  # "auto" trusts a confirming reading
                     message += "; " + (yield from self._polish(last.z_um)).describe()
                 return "in_focus", message
             elif (z_mid := self._bracket(prev, last, dof)) is not None:
