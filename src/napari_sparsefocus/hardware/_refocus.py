@@ -21,7 +21,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -168,7 +168,7 @@ class RefocusOptions:
         to the best position known: the interpolation between the last two
         readings if they bracket the focus, else the focus two readings from
         heights at least 2 DoF apart agree on (within 1 DoF; an under-read far
-        reading never agrees with a nearer one by chance), else the snapped
+        reading rarely agrees with a nearer one by chance), else the snapped
         position whose content was clearly (> 10 %) sharper than at the start,
         else the start.
     polish : bool or "auto"
@@ -220,7 +220,7 @@ class RefocusOptions:
     pixel_size_um: float | None = None
     focus_device: str | None = None
     return_to_best: bool = True
-    polish: bool | str = True
+    polish: bool | Literal["auto"] = True
     polish_step_um: float | None = None
     polish_within_um: float | None = None
     polish_max_snaps: int = 4
