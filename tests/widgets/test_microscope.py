@@ -147,10 +147,15 @@ def test_refocus_button_logs_and_moves(setup, qtbot):
     widget.set_live(False)
 
 
-def test_polish_checkbox_reaches_the_controller(setup, qtbot):
+def test_polish_choice_reaches_the_controller(setup, qtbot):
     _, widget, _, _ = setup
-    assert widget.refocus_options().polish  # the controller's default
-    widget.polish_check.setChecked(False)
+    assert widget.refocus_options().polish is True  # the controller's default
+    widget.set_polish("auto")
+    assert widget.polish_combo.currentText() == "when unconfirmed"
+    assert widget.refocus_options().polish == "auto"
+    with pytest.raises(ValueError):
+        widget.set_polish("sometimes")
+    widget.polish_combo.setCurrentText("never")
     assert widget.refocus_options().polish is False
     widget.refocus_button.click()
     qtbot.waitUntil(

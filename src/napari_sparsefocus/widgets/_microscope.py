@@ -27,7 +27,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from qtpy.QtCore import QTimer
@@ -127,6 +127,12 @@ _EXISTING = "existing core"
 _CONFIG = "configuration file"
 _SENSORS_PX = (1120, 672, 448)
 _FALLBACKS = {"none": "none", "hill-climb": "hill_climb"}
+#: The polish choices shown (RefocusOptions.polish values).
+_POLISH: dict[str, bool | Literal["auto"]] = {
+    "always": True,
+    "when unconfirmed": "auto",
+    "never": False,
+}
 _LIVE_POLL_MS = 100
 _LIVE_ROLE = "live"
 _HEAT_ROLE = "live importance"
@@ -695,11 +701,12 @@ class MicroscopeWidget(QWidget):
         self.max_move_spin.setSuffix(" µm")
         self.fallback_combo = QComboBox()
         self.fallback_combo.addItems(list(_FALLBACKS))
-        self.polish_check = QCheckBox("sharpness polish")
-        self.polish_check.setChecked(True)
-        self.polish_check.setToolTip(
-            "finish with a 3-point Brenner parabola around the model's focus: "
-            "more precise on most content, about two more snaps"
+        self.polish_combo = QComboBox()
+        self.polish_combo.addItems(list(_POLISH))
+        self.polish_combo.setToolTip(
+            "finish with a 3-point Brenner parabola around the model's focus "
+            "(about two more snaps, more precise): always, only when the model's "
+            "check snap did not confirm focus, or never (the model alone)"
         )
         self.refocus_button = QPushButton("Refocus")
         self.refocus_button.clicked.connect(self.refocus)
@@ -734,7 +741,7 @@ class MicroscopeWidget(QWidget):
         form.addRow("z max", self.z_max_spin)
         form.addRow("max move", self.max_move_spin)
         form.addRow("fallback", self.fallback_combo)
-        form.addRow("", self.polish_check)
+        form.addRow("sharpness polish", self.polish_combo)
         tab = QWidget()
         layout = QVBoxLayout(tab)
         layout.addLayout(form)
@@ -1432,7 +1439,7 @@ class MicroscopeWidget(QWidget):
             z_max_um=self.z_max_spin.value(),
             max_move_um=self.max_move_spin.value(),
             fallback=_FALLBACKS[self.fallback_combo.currentText()],
-            polish=self.polish_check.isChecked(),
+            polish=_POLISH[self.polish_combo.currentText()],
         )
 
     def set_fallback(self, fallback: str) -> None:
@@ -1444,6 +1451,17 @@ class MicroscopeWidget(QWidget):
                 f"fallback must be one of {list(_FALLBACKS.values())}, got {fallback!r}"
             )
         self.fallback_combo.setCurrentText(text)
+
+    def set_polish(self, polish: bool | str) -> None:
+        """Choose the polish: ``True`` (always), ``"auto"`` (when unconfirmed) or ``False``.
+
+        The shown names ("always", "when unconfirmed", "never") are accepted too.
+        """
+        for text, value in _POLISH.items():
+            if polish is value or (isinstance(polish, str) and polish in (text, value)):
+                self.polish_combo.setCurrentText(text)
+                return
+        raise ValueError(f"polish must be True, False or 'auto', got {polish!r}")
 
     def refocus(self) -> None:
         """Refocus once (in a worker, with progress; Stop cancels)."""
