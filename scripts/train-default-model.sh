@@ -165,11 +165,15 @@ meta.update(n_pairs=16384, n_shards=64, seed=1013,
             note="union of runs/dbank (shards 0-31) and runs/cbank (32-63), symlinked")
 json.dump(meta, open(f"{runs}/cdbank/bank.json", "w"), indent=1)
 PYEOF
-$SF train --network dpn --data "$RUNS/cdbank" --init-from "$RUNS/dpnD/dpn.json" --steps 2000 \
-    --batch-size 32 --lr 2e-4 --lr-schedule cosine --seed 15 --num-threads 2 \
-    --checkpoint-every 100 --no-progress \
-    --network-config '{"output_scale_um": 10.0, "layer_scale_init": 0.1, "colour_sharpness_scales": [1, 2, 4, 8, 16], "sign_magnitude_head": true}' \
-    --out-dir "$RUNS/dpnE" > "$RUNS/dpnE.log" 2>&1
+dpn_round() {
+    # dpn_round BANK FROM TO STEPS LR SEED: DPN steps on two threads from dpn$FROM to dpn$TO
+    $SF train --network dpn --data "$RUNS/$1" --init-from "$RUNS/dpn$2/dpn.json" --steps "$4" \
+        --batch-size 32 --lr "$5" --lr-schedule cosine --seed "$6" --num-threads 2 \
+        --checkpoint-every 100 --no-progress \
+        --network-config '{"output_scale_um": 10.0, "layer_scale_init": 0.1, "colour_sharpness_scales": [1, 2, 4, 8, 16], "sign_magnitude_head": true}' \
+        --out-dir "$RUNS/dpn$3" > "$RUNS/dpn$3.log" 2>&1
+}
+dpn_round cdbank D E 2000 2e-4 15
 
 #    round 7 (2026-12-01): the DPN only, 3000 more steps at lr 1.5e-4 (two threads, ~23 min)
 #    on four banks: the two above, a fresh one of the same kind (runs/ebank, seed 17) and one
@@ -210,11 +214,7 @@ meta.update(n_pairs=32768, n_shards=128, seed=1019, defocus_range_um=[-30.0, 30.
                  "(96-127, +-30 um, near fraction 0.25), symlinked")
 json.dump(meta, open(f"{runs}/cdefbank/bank.json", "w"), indent=1)
 PYEOF
-$SF train --network dpn --data "$RUNS/cdefbank" --init-from "$RUNS/dpnE/dpn.json" --steps 3000 \
-    --batch-size 32 --lr 1.5e-4 --lr-schedule cosine --seed 18 --num-threads 2 \
-    --checkpoint-every 100 --no-progress \
-    --network-config '{"output_scale_um": 10.0, "layer_scale_init": 0.1, "colour_sharpness_scales": [1, 2, 4, 8, 16], "sign_magnitude_head": true}' \
-    --out-dir "$RUNS/dpnF" > "$RUNS/dpnF.log" 2>&1
+dpn_round cdefbank E F 3000 1.5e-4 18
 
 # 4. calibrate the DPN's side-of-focus logit on a train-split bank of its own seed (same
 #    level mix), then bundle the pipeline and the baselines inside the package
