@@ -20,7 +20,13 @@ from napari_sparsefocus.hardware import (
     load_simulated_microscope,
     refocus,
 )
-from napari_sparsefocus.hardware._refocus import POLISH_METHODS, VERDICTS, _parabola_peak
+from napari_sparsefocus.hardware._refocus import (
+    POLISH_METHODS,
+    VERDICTS,
+    _content_boxes,
+    _parabola_peak,
+    _sharpness,
+)
 
 #: The bundled model sees a 1120 px field as 5 × 5 patches; the 672 px fixture
 #: (3 × 3) is used with fake models, where only the controller is under test.
@@ -808,3 +814,83 @@ def test_polish_can_be_cancelled(dense_scope):
     assert scope.core.getPosition() == z
     assert not scope.core.deviceBusy(scope.core.getFocusDevice())
     assert phases[0] == "snap"
+
+
+def test_content_boxes_take_every_positive_cell_of_the_importance_grid():
+    importance = np.array([[0.9, 0.1], [0.85, 0.3]], np.float32)
+    top = (PatchPrediction(0, 0, 0.9, 1.0, (10.0, 20.0, 60.0, 70.0)),)
+    pred = DefocusPrediction(
+        defocus_um=1.0,
+        spread_um=0.0,
+        direction_agreement=1.0,
+        sparsity="sparse",
+        verdict="ok",
+        reason="",
+        importance=importance,
+        patches=top,
+        crop_box_px=(10.0, 20.0, 110.0, 120.0),
+    )
+    # the selected patch, then the other cell at or above the threshold
+    assert _content_boxes(pred, (200, 200), 0.8) == [(10, 20, 60, 70), (60, 20, 110, 70)]
+    assert _content_boxes(pred, (200, 200), 0.2) == [
+        (10, 20, 60, 70),
+        (60, 20, 110, 70),
+        (60, 70, 110, 120),
+    ]
+    # no threshold (a model without one): the selected patches only
+    assert _content_boxes(pred, (200, 200), None) == [(10, 20, 60, 70)]
+    # boxes are clipped to the frame; nothing usable: the whole frame
+    assert _content_boxes(pred, (40, 45), 0.8) == [(10, 20, 40, 45)]
+    empty = DefocusPrediction(**{**pred.__dict__, "patches": ()})
+    assert _content_boxes(empty, (40, 45), 0.8) == [(0, 0, 40, 45)]
+
+
+class BoxModel(FakeModel):
+    """A fake model whose first snap names one cell and every later snap another."""
+
+    def __init__(self, scope, rule, first_cell, later_cell, patch_px=224):
+        super().__init__(scope, rule)
+        self.cells = (first_cell, later_cell)
+        self.patch_px = patch_px
+
+    def predict(self, image, *, pixel_size_um=None):
+        p = super().predict(image, pixel_size_um=pixel_size_um)
+        r, c = self.cells[0 if self.calls == 1 else 1]
+        s = self.patch_px
+        box = (float(r * s), float(c * s), float((r + 1) * s), float((c + 1) * s))
+        patch = PatchPrediction(int(r), int(c), 1.0, p.defocus_um, box)
+        return DefocusPrediction(**{**p.__dict__, "patches": (patch,)})
+
+
+def test_polish_measures_the_content_seen_nearest_focus(sim_core):
+    """Far off, the RIN can take an empty cell (debris) for content: the polish
+    measures the boxes of the reading the model put nearest focus."""
+    # noise-free frames: every sample can be measured again here
+    scope = load_simulated_microscope(sim_core, seed=0, sensor_shape_px=(672, 672), noise=False)
+    site = scope.slide.find_sites("sparse", n=1, seed=0, kind="cell")[0]
+    scope.move_to_site(site)
+    frac = scope.slide.field(site).content_fraction
+    assert frac.shape == (3, 3) and frac.min() == 0.0 < frac.max()
+    full = tuple(int(v) for v in np.unravel_index(np.argmax(frac), frac.shape))
+    empty = tuple(int(v) for v in np.unravel_index(np.argmin(frac), frac.shape))
+
+    def cell_sharpness(cell, z_um):
+        x, y = scope.core.getXYPosition()
+        image = scope.slide.render(x, y, z_um, noise=False)
+        r, c = cell
+        return _sharpness(image, [(224 * r, 224 * c, 224 * (r + 1), 224 * (c + 1))])
+
+    # reads "in focus" 1 µm below the focus; the first snap names the empty cell
+    for later in (full, empty):
+        model = BoxModel(scope, lambda d, n: d + 1.0, empty, later)
+        scope.move_to_defocus(8.0)
+        result = refocus(scope.core, model)
+        p = result.polish
+        assert p is not None, result.message
+        # every sample (the reused verification snap too) is the later cell's sharpness
+        for z, value in p.samples:
+            assert value == pytest.approx(cell_sharpness(later, z), rel=1e-9)
+            if later != empty:
+                assert value != pytest.approx(cell_sharpness(empty, z), rel=1e-3)
+        if later == full:
+            assert p.method == "parabola" and abs(scope.true_defocus_um()) <= result.tolerance_um

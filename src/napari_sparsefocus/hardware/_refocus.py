@@ -174,9 +174,10 @@ class RefocusOptions:
     polish : bool or "auto"
         Finish with a local measurement (default): once the model puts the
         stage within ``polish_within_um`` of focus (or two readings bracket
-        it), sample the Brenner sharpness of the model's content region one
-        ``polish_step_um`` either side (earlier snaps at the right places are
-        reused) and go to the vertex of the parabola through the logarithms
+        it), sample the Brenner sharpness of the field's content one
+        ``polish_step_um`` either side (the cells the RIN scores as content,
+        as read by the snap the model put nearest focus; earlier snaps at the
+        right places are reused) and go to the vertex of the parabola through the logarithms
         of the three values around the sharpest one (see :func:`iter_refocus`).
         ``"auto"``: polish only what the model did not confirm — a reading
         within ``tolerance_um`` (at the start or after a move) ends the
@@ -735,6 +736,8 @@ class _Refocus:
         self.readings: list[RefocusReading] = []
         self.commanded: list[float] = []
         self.boxes: list[tuple[int, int, int, int]] | None = None
+        # the model snaps' images (parallel to readings), for the polish's re-measure
+        self.images: list[NDArray[Any]] = []
         self.z_um = math.nan
         self.start_um = math.nan
         self.tolerance_um = math.nan
@@ -834,9 +837,12 @@ class _Refocus:
                 d = float(cal.apply([d])[0])
                 mag = min(mag, abs(d))
         if self.boxes is None:
-            self.boxes = _content_boxes(patches, image.shape[:2])
+            self.boxes = _content_boxes(
+                pred, image.shape[:2], getattr(self.model, "threshold", None)
+            )
         reading = RefocusReading(self.z_um, d, mag, _sharpness(image, self.boxes))
         self.readings.append(reading)
+        self.images.append(image)
         return pred, reading
 
     def _dof_um(self, pred: Any) -> float:
@@ -1180,6 +1186,9 @@ class _Refocus:
         hi = min(self.hi, self.start_um + self.excursion_um)
         center = min(max(center_um, lo), hi)
         snaps0, moves0 = self.snaps, self.moves
+        self._polish_boxes()
+        assert self.boxes is not None
+        boxes = self.boxes
         samples: dict[float, float] = {}
         # earlier snaps where the pattern needs them stand in for new ones
         r_lo, r_hi = _POLISH_REUSE_STEPS
@@ -1189,10 +1198,10 @@ class _Refocus:
             (lambda off: r_lo * h <= -off <= r_hi * h, -h),
         )
         for inside, want in windows:
-            near = [r for r in self.readings if inside(r.z_um - center)]
+            near = [i for i, r in enumerate(self.readings) if inside(r.z_um - center)]
             if near:
-                r = min(near, key=lambda r: abs(r.z_um - center - want))
-                samples[r.z_um] = r.sharpness
+                i = min(near, key=lambda i: abs(self.readings[i].z_um - center - want))
+                samples[self.readings[i].z_um] = _sharpness(self.images[i], boxes)
 
         def new(z_um: float) -> float | None:
             """`z_um` clipped to the limits, or None if a sample is (nearly) there."""
@@ -1242,6 +1251,25 @@ class _Refocus:
             moves=self.moves - moves0,
         )
         return self.polish_result
+
+    def _polish_boxes(self) -> None:
+        """Measure the polish on the content of the reading the model put nearest focus.
+
+        Far from focus the RIN can take a speck of debris for content; near
+        focus it sees the field as it is. The polish therefore measures the
+        content boxes of the usable reading with the smallest ``|defocus|``
+        (the earlier snaps it reuses are re-measured on them).
+        """
+        usable = [i for i, r in enumerate(self.readings) if r.usable]
+        if not usable:
+            return
+        i = min(usable, key=lambda i: abs(self.readings[i].defocus_um or 0.0))
+        boxes = _content_boxes(
+            self.predictions[i], self.images[i].shape[:2], getattr(self.model, "threshold", None)
+        )
+        if boxes != self.boxes:
+            log.debug("refocus: polish measures %d content box(es) of snap %d", len(boxes), i + 1)
+            self.boxes = boxes
 
     def _polish_snap(self, z_um: float) -> Generator[RefocusStep, None, float]:
         """Go to `z_um`, snap and return the content sharpness (no prediction)."""
@@ -1408,19 +1436,39 @@ def _describe(r: RefocusReading) -> str:
 
 
 def _content_boxes(
-    patches: tuple[Any, ...], shape: tuple[int, ...]
+    pred: Any, shape: tuple[int, ...], threshold: Any = None
 ) -> list[tuple[int, int, int, int]]:
-    """Integer ``(y0, x0, y1, x1)`` boxes of the model's patches (whole frame if none)."""
+    """Integer ``(y0, x0, y1, x1)`` boxes of the field's content (whole frame if none).
+
+    The content is every grid cell the RIN scores at or above the model's
+    importance `threshold`, not only the top-k patches the DPN reads: the
+    sharpness of a thick specimen peaks at different heights in different
+    cells, and the focus label (like a z-stack labeller) takes the peak of
+    all the cells holding content. Without an importance grid (or a
+    threshold) the boxes of the selected patches stand in.
+    """
     h, w = int(shape[0]), int(shape[1])
-    boxes = []
-    for p in patches:
-        box = getattr(p, "box_px", None)
+
+    def clip(box: Any) -> tuple[int, int, int, int] | None:
         if box is None or len(box) != 4 or not all(map(_is_finite_number, box)):
-            continue
+            return None
         y0, x0, y1, x1 = (round(float(v)) for v in box)
         y0, x0, y1, x1 = max(0, y0), max(0, x0), min(h, y1), min(w, x1)
-        if y1 - y0 >= 3 and x1 - x0 >= 3:
-            boxes.append((y0, x0, y1, x1))
+        return (y0, x0, y1, x1) if y1 - y0 >= 3 and x1 - x0 >= 3 else None
+
+    patches = getattr(pred, "patches", ()) or ()
+    boxes = [b for p in patches if (b := clip(getattr(p, "box_px", None))) is not None]
+    importance = getattr(pred, "importance", None)
+    crop = getattr(pred, "crop_box_px", None)
+    if boxes and _is_finite_number(threshold) and importance is not None and crop is not None:
+        grid = np.asarray(importance, dtype=float)
+        if grid.ndim == 2 and grid.size and len(crop) == 4 and all(map(_is_finite_number, crop)):
+            cy0, cx0, cy1, cx1 = (float(v) for v in crop)
+            ch, cw = (cy1 - cy0) / grid.shape[0], (cx1 - cx0) / grid.shape[1]
+            for r, c in np.argwhere(grid >= float(threshold)):
+                b = clip((cy0 + r * ch, cx0 + c * cw, cy0 + (r + 1) * ch, cx0 + (c + 1) * cw))
+                if b is not None and b not in boxes:
+                    boxes.append(b)
     return boxes or [(0, 0, h, w)]
 
 
