@@ -19,6 +19,10 @@ simulated microscope's clock (exposure + readout + stage moves) and the wall
 clock of this machine (rendering a frame costs far more here than on a
 camera; prediction is included).
 
+The sites and starts are drawn on each of ``--seeds`` slides (default two:
+0, the slide the controller was tuned on, and 1); every figure is over all of
+them, and ``by_slide`` has each slide's.
+
 Run: ``nice -n 15 .venv/bin/python benchmarks/bench_refocus.py [--sites 4 --starts 2]``
 Writes benchmarks/results/refocus.json.
 """
@@ -137,11 +141,54 @@ def _summary(runs, dof_um):
     }
 
 
+def _run_slide(scope, model, seed, runs, args) -> None:
+    """Refocus random sites of one slide from random starts; append to ``runs``."""
+    core = scope.core
+    px = core.getPixelSizeUm()
+    rng = np.random.default_rng(seed)
+    for cls in CLASSES:
+        sites = scope.slide.find_sites(cls, n=args.sites, seed=rng, margin_sites=1)
+        for site in sites:
+            scope.move_to_site(site)
+            snap_image(core)  # render the new site once, so neither method pays for it
+            for _ in range(args.starts):
+                e0 = float(rng.uniform(-START_RANGE_UM, START_RANGE_UM))
+                where = {
+                    "slide": seed,
+                    "site": list(site.index),
+                    "kind": site.kind,
+                    "start_defocus_um": e0,
+                }
+                line = f"{seed:2d} {cls:16s} {site.kind:6s} {site.index!s:10s} start {e0:+6.1f} µm "
+                for method, polish, tag in SF_CONFIGS:
+                    scope.move_to_defocus(e0)
+                    sf = _sparsefocus(scope, model, px, polish)
+                    sf.update(where)
+                    runs[cls][method].append(sf)
+                    line += (
+                        f"| {tag} {sf['error_um']:+6.2f} µm "
+                        f"{sf['moves']}m {sf['snaps']}s {sf['verdict']:12s} "
+                    )
+                if not args.no_classical:
+                    scope.move_to_defocus(e0)
+                    hc = _classical(scope, args.classical_max_snaps)
+                    hc.update(where)
+                    runs[cls]["hill_climb"].append(hc)
+                    line += f"| HC {hc['error_um']:+6.2f} µm {hc['moves']}m {hc['snaps']}s"
+                print(line, flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sites", type=int, default=4, help="random sites per sparsity class")
     ap.add_argument("--starts", type=int, default=2, help="random starts per site")
-    ap.add_argument("--seed", type=int, default=0, help="slide seed (sites and starts too)")
+    ap.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[0, 1],
+        help="slide seeds, one slide each (its sites and starts come from the same seed)",
+    )
     ap.add_argument("--sensor-px", type=int, default=1120, help="square sensor size")
     ap.add_argument("--classical-max-snaps", type=int, default=30)
     ap.add_argument("--no-classical", action="store_true")
@@ -155,44 +202,20 @@ def main() -> None:
 
     model = load_model(args.model)
     dof = model.optics.dof_um
-    core = UniMMCore()
-    scope = load_simulated_microscope(
-        core, seed=args.seed, sensor_shape_px=(args.sensor_px, args.sensor_px)
-    )
-    px = core.getPixelSizeUm()
-    rng = np.random.default_rng(args.seed)
     methods = ("sparsefocus", "sparsefocus_polish", "sparsefocus_auto", "hill_climb")
     runs: dict[str, dict[str, list]] = {c: {m: [] for m in methods} for c in CLASSES}
     t0 = time.perf_counter()
-    try:
-        for cls in CLASSES:
-            sites = scope.slide.find_sites(cls, n=args.sites, seed=rng, margin_sites=1)
-            for site in sites:
-                scope.move_to_site(site)
-                snap_image(core)  # render the new site once, so neither method pays for it
-                for _ in range(args.starts):
-                    e0 = float(rng.uniform(-START_RANGE_UM, START_RANGE_UM))
-                    line = f"{cls:16s} {site.kind:6s} {site.index!s:10s} start {e0:+6.1f} µm "
-                    for method, polish, tag in SF_CONFIGS:
-                        scope.move_to_defocus(e0)
-                        sf = _sparsefocus(scope, model, px, polish)
-                        sf.update(site=list(site.index), kind=site.kind, start_defocus_um=e0)
-                        runs[cls][method].append(sf)
-                        line += (
-                            f"| {tag} {sf['error_um']:+6.2f} µm "
-                            f"{sf['moves']}m {sf['snaps']}s {sf['verdict']:12s} "
-                        )
-                    if not args.no_classical:
-                        scope.move_to_defocus(e0)
-                        hc = _classical(scope, args.classical_max_snaps)
-                        hc.update(site=list(site.index), kind=site.kind, start_defocus_um=e0)
-                        runs[cls]["hill_climb"].append(hc)
-                        line += f"| HC {hc['error_um']:+6.2f} µm {hc['moves']}m {hc['snaps']}s"
-                    print(line, flush=True)
-    finally:
-        core.unloadAllDevices()
-        del scope, core
-        gc.collect()
+    for seed in args.seeds:
+        core = UniMMCore()
+        scope = load_simulated_microscope(
+            core, seed=seed, sensor_shape_px=(args.sensor_px, args.sensor_px)
+        )
+        try:
+            _run_slide(scope, model, seed, runs, args)
+        finally:
+            core.unloadAllDevices()
+            del scope, core
+            gc.collect()
 
     groups = {
         cls: {method: _summary(r, dof) for method, r in by.items() if r} for cls, by in runs.items()
@@ -201,6 +224,16 @@ def main() -> None:
         m: _summary([r for c in CLASSES[:-1] for r in runs[c][m]], dof)
         for m in methods
         if runs[CLASSES[0]][m]
+    }
+
+    by_slide = {
+        str(seed): {
+            m: _summary([r for c in CLASSES[:-1] for r in runs[c][m] if r["slide"] == seed], dof)
+            | {"empty_moved": sum(r["moves"] > 0 for r in runs["empty"][m] if r["slide"] == seed)}
+            for m in methods
+            if runs[CLASSES[0]][m]
+        }
+        for seed in args.seeds
     }
 
     def judge(method: str) -> dict[str, bool]:
@@ -231,13 +264,22 @@ def main() -> None:
             f"{g['median_sim_s']:6.2f} "
             f"{g['median_wall_s']:6.2f}"
         )
+    if len(args.seeds) > 1:
+        for seed, by in by_slide.items():
+            print(
+                f"slide {seed}: "
+                + ", ".join(
+                    f"{m} {g['success_pct']:.0f}% ({g['empty_moved']} empty moved)"
+                    for m, g in by.items()
+                )
+            )
     print("targets:", targets)
     for m, t in targets_by_configuration.items():
         print(f"  {m}: {', '.join(k for k, ok in t.items() if ok) or 'none'} met")
 
     command = (
         f"python benchmarks/bench_refocus.py --sites {args.sites} --starts {args.starts} "
-        f"--seed {args.seed} --sensor-px {args.sensor_px} "
+        f"--seeds {' '.join(map(str, args.seeds))} --sensor-px {args.sensor_px} "
         f"--classical-max-snaps {args.classical_max_snaps}"
         + (" --no-classical" if args.no_classical else "")
         + (f" --model {args.model}" if args.model else "")
@@ -258,7 +300,9 @@ def main() -> None:
         "sensor_px": args.sensor_px,
         "seconds": time.perf_counter() - t0,
         "groups": groups,
+        "slides": list(args.seeds),
         "with_content": with_content,
+        "by_slide": by_slide,
         "targets": targets,
         "targets_by_configuration": targets_by_configuration,
         "all_met": all(targets.values()),
