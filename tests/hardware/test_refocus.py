@@ -894,3 +894,59 @@ def test_polish_measures_the_content_seen_nearest_focus(sim_core):
                 assert value != pytest.approx(cell_sharpness(empty, z), rel=1e-3)
         if later == full:
             assert p.method == "parabola" and abs(scope.true_defocus_um()) <= result.tolerance_um
+
+
+class AllPatchesModel(FakeModel):
+    """A fake model that knows ``k_mode``: its top-k patch reads 1 µm high, its
+    other content patches 1.5 µm low and right."""
+
+    OFFSETS = ((0, 0, 1.0), (1, 1, -0.5), (2, 2, 0.0))
+
+    def __init__(self, scope):
+        super().__init__(scope, lambda d, n: d + 1.0)
+        self.k_modes = []
+
+    def predict(self, image, *, pixel_size_um=None, k_mode="auto"):
+        p = super().predict(image, pixel_size_um=pixel_size_um)
+        self.k_modes.append(k_mode)
+        d = p.defocus_um - 1.0  # the truth
+        rows = self.OFFSETS if k_mode == "all" else self.OFFSETS[:1]
+        patches = tuple(
+            PatchPrediction(
+                r, c, 0.95, d + off, (224.0 * r, 224.0 * c, 224.0 * (r + 1), 224.0 * (c + 1))
+            )
+            for r, c, off in rows
+        )
+        return DefocusPrediction(**{**p.__dict__, "patches": patches})
+
+
+def test_verification_near_focus_reads_every_content_patch_weighted_by_sharpness(microscope):
+    scope = microscope
+    model = AllPatchesModel(scope)
+    scope.move_to_defocus(8.0)
+    steps = []
+    gen = iter_refocus(scope.core, model, polish=False, verification_reading="weighted")
+    with pytest.raises(StopIteration) as stop:
+        while True:
+            steps.append(next(gen))
+    result = stop.value.value
+    snaps = [s for s in steps if s.phase == "snap"]
+    # the first snap is read as the model says (top-k), the verification near focus
+    # a second time with every content patch
+    assert model.k_modes[:3] == ["auto", "auto", "all"]
+    image = snaps[1].image
+    boxes = [(224 * r, 224 * c, 224 * (r + 1), 224 * (c + 1)) for r, c, _ in model.OFFSETS]
+    w = np.array([_sharpness(image, [b]) for b in boxes])
+    truth = result.readings[1].z_um - scope.true_focus_um()
+    expected = float(np.dot(w, [truth + off for _, _, off in model.OFFSETS]) / w.sum())
+    assert result.readings[1].defocus_um == pytest.approx(expected)
+    assert result.readings[1].defocus_um != pytest.approx(truth + 1.0, abs=0.05)
+    # "median" keeps the model's own reading
+    model = AllPatchesModel(scope)
+    scope.move_to_defocus(8.0)
+    result = refocus(scope.core, model, polish=False, verification_reading="median")
+    assert "all" not in model.k_modes
+    truth = result.readings[1].z_um - scope.true_focus_um()
+    assert result.readings[1].defocus_um == pytest.approx(truth + 1.0)
+    with pytest.raises(ValueError, match="verification_reading"):
+        RefocusOptions(verification_reading="mean")

@@ -40,6 +40,7 @@ __all__ = [
     "FALLBACKS",
     "POLISH_METHODS",
     "VERDICTS",
+    "VERIFICATION_READINGS",
     "RefocusOptions",
     "RefocusPolish",
     "RefocusReading",
@@ -69,6 +70,8 @@ VERDICTS = (
 FALLBACKS = ("none", "hill_climb")
 #: Possible :attr:`RefocusPolish.method` values.
 POLISH_METHODS = ("parabola", "best_sample", "flat")
+#: Possible :attr:`RefocusOptions.verification_reading` values.
+VERIFICATION_READINGS = ("weighted", "median")
 
 #: A move of at least this many depths of field towards focus must sharpen the content.
 _SHARPEN_CHECK_DOF = 2.0
@@ -92,6 +95,8 @@ _POLISH_MIN_CONTRAST = 0.05
 #: this many DoF, on the same side of focus, as an under-read first reading.
 _UNDERREAD_GROWTH = 1.5
 _UNDERREAD_DOF = 2.0
+#: A verification whose top-k reading is within this many DoF is read "weighted".
+_WEIGHTED_WITHIN_DOF = 2.0
 #: Return to best: two readings taken at least ``_AGREE_APART_DOF`` DoF apart whose
 #: focus positions (``z - d``) agree within ``_AGREE_DOF`` DoF locate the focus.
 _AGREE_APART_DOF = 2.0
@@ -199,6 +204,19 @@ class RefocusOptions:
         the defocus given the reading, fitted on frames within a few µm of
         focus. The raw model reads about -1 µm at focus; the first snap
         (unknown start) is always read raw.
+    verification_reading : {"weighted", "median"}
+        How a snap after a move is read once the model puts it within two
+        depths of field of focus. "weighted" (default): the mean of the
+        predictions of *every* patch the RIN scores as content, each weighted
+        by its Brenner sharpness in the snap (a second pass of the model with
+        ``k_mode="all"``; models without ``k_mode`` fall back to "median").
+        Near focus the cells of a field can be sharpest at different heights;
+        the focus label, the sharpest plane of all the content, lies where the
+        sharpest cells are in focus, which this reading follows more closely
+        than the median of the top-k patches (on held-out near-focus frames it
+        accepts 64 % instead of 46 % of the frames truly within tolerance, and
+        30 % instead of 36 % of its accepts are off). "median": the model's own
+        top-k median, as for the first snap.
     """
 
     z_min_um: float | None = None
@@ -226,6 +244,7 @@ class RefocusOptions:
     polish_within_um: float | None = None
     polish_max_snaps: int = 4
     near_focus_calibration: bool = True
+    verification_reading: Literal["weighted", "median"] = "weighted"
 
     def __post_init__(self) -> None:
         for name in (
@@ -296,6 +315,11 @@ class RefocusOptions:
         v = self.polish_max_snaps
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 2:
             raise ValueError(f"polish_max_snaps must be an integer >= 2, got {v!r}")
+        if self.verification_reading not in VERIFICATION_READINGS:
+            raise ValueError(
+                f"verification_reading must be one of {VERIFICATION_READINGS}, "
+                f"got {self.verification_reading!r}"
+            )
         if self.focus_device is not None and not isinstance(self.focus_device, str):
             raise ValueError(f"focus_device must be a string or None, got {self.focus_device!r}")
 
@@ -738,6 +762,7 @@ class _Refocus:
         self.boxes: list[tuple[int, int, int, int]] | None = None
         # the model snaps' images (parallel to readings), for the polish's re-measure
         self.images: list[NDArray[Any]] = []
+        self._takes_k_mode: bool | None = None
         self.z_um = math.nan
         self.start_um = math.nan
         self.tolerance_um = math.nan
@@ -830,6 +855,15 @@ class _Refocus:
         if d is not None:
             vals = [abs(float(p.defocus_um)) for p in patches]
             mag = float(np.median(vals)) if vals and all(map(math.isfinite, vals)) else abs(d)
+            if (
+                self.readings
+                and self.opts.verification_reading == "weighted"
+                and abs(d) <= _WEIGHTED_WITHIN_DOF * self.dof_um
+            ):
+                # a verification near focus: every content patch, weighted by sharpness
+                weighted = self._weighted_reading(image, px)
+                if weighted is not None:
+                    d = weighted
             cal = getattr(self.model, "near_focus_calibration", None)
             if self.readings and cal is not None and self.opts.near_focus_calibration:
                 # a verification after a move: the stage is probably near focus, where
@@ -844,6 +878,26 @@ class _Refocus:
         self.readings.append(reading)
         self.images.append(image)
         return pred, reading
+
+    def _weighted_reading(self, image: NDArray[Any], px: float | None) -> float | None:
+        """Sharpness-weighted mean prediction of every content patch (None: not available)."""
+        if self._takes_k_mode is None:
+            self._takes_k_mode = _accepts_keyword(self.model.predict, "k_mode")
+        if not self._takes_k_mode:
+            return None
+        pred = self.model.predict(image, pixel_size_um=px, k_mode="all")
+        values, weights = [], []
+        for p in getattr(pred, "patches", ()) or ():
+            box = _clip_box(getattr(p, "box_px", None), image.shape[:2])
+            v = getattr(p, "defocus_um", None)
+            if box is None or v is None or not _is_finite_number(v):
+                continue
+            values.append(float(v))
+            weights.append(_sharpness(image, [box]))
+        w = np.asarray(weights)
+        if not values or not np.all(np.isfinite(w)) or w.sum() <= 0:
+            return None
+        return float(np.dot(w, values) / w.sum())
 
     def _dof_um(self, pred: Any) -> float:
         """Depth of field of the model's optics (or of its prediction, or 2 × tolerance)."""
@@ -1450,11 +1504,7 @@ def _content_boxes(
     h, w = int(shape[0]), int(shape[1])
 
     def clip(box: Any) -> tuple[int, int, int, int] | None:
-        if box is None or len(box) != 4 or not all(map(_is_finite_number, box)):
-            return None
-        y0, x0, y1, x1 = (round(float(v)) for v in box)
-        y0, x0, y1, x1 = max(0, y0), max(0, x0), min(h, y1), min(w, x1)
-        return (y0, x0, y1, x1) if y1 - y0 >= 3 and x1 - x0 >= 3 else None
+        return _clip_box(box, (h, w))
 
     patches = getattr(pred, "patches", ()) or ()
     boxes = [b for p in patches if (b := clip(getattr(p, "box_px", None))) is not None]
@@ -1477,3 +1527,24 @@ def _sharpness(image: NDArray[Any], boxes: list[tuple[int, int, int, int]]) -> f
     axis = -1 if image.ndim == 3 else None
     vals = [brenner(image[y0:y1, x0:x1], channel_axis=axis) for y0, x0, y1, x1 in boxes]
     return float(np.mean(vals))
+
+
+def _clip_box(box: Any, shape: tuple[int, ...]) -> tuple[int, int, int, int] | None:
+    """``(y0, x0, y1, x1)`` rounded and clipped to the frame; None if unusable or < 3 px."""
+    if box is None or len(box) != 4 or not all(map(_is_finite_number, box)):
+        return None
+    h, w = int(shape[0]), int(shape[1])
+    y0, x0, y1, x1 = (round(float(v)) for v in box)
+    y0, x0, y1, x1 = max(0, y0), max(0, x0), min(h, y1), min(w, x1)
+    return (y0, x0, y1, x1) if y1 - y0 >= 3 and x1 - x0 >= 3 else None
+
+
+def _accepts_keyword(func: Any, name: str) -> bool:
+    """Whether ``func`` takes the keyword argument ``name`` (or ``**kwargs``)."""
+    import inspect
+
+    try:
+        params = inspect.signature(func).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == name or p.kind is p.VAR_KEYWORD for p in params)
