@@ -9,6 +9,7 @@ from napari_sparsefocus.core._aggregate import (
     Selection,
     aggregate,
     select_patches,
+    sharpness_weighted_defocus,
 )
 
 
@@ -333,3 +334,35 @@ def test_select_then_aggregate() -> None:
     assert sel.k == 3
     assert a.defocus_um == 2.0
     assert a.verdict == "ok"
+
+
+def _two_halves(a: float, b: float, channels: int | None = None) -> np.ndarray:
+    """8 × 16 image: the same stripes at amplitude `a` on the left, `b` on the right."""
+    stripes = np.tile([0.0, 0.0, 1.0, 1.0], (8, 2))
+    img = np.hstack([a * stripes, b * stripes])
+    return img if channels is None else np.repeat(img[..., None], channels, axis=-1)
+
+
+@pytest.mark.parametrize("channels", [None, 3])
+def test_sharpness_weighted_defocus_weights_by_squared_contrast(channels):
+    boxes = [[0, 0, 8, 8], [0, 8, 8, 16]]
+    # Brenner grows with the square of the contrast: weights 1 : 4
+    img = _two_halves(1.0, 2.0, channels)
+    assert sharpness_weighted_defocus(img, [3.0, -1.0], boxes) == pytest.approx(-0.2)
+    # equal contrast: the plain mean; a flat patch has no say
+    assert sharpness_weighted_defocus(_two_halves(1.0, 1.0), [3.0, -1.0], boxes) == 1.0
+    assert sharpness_weighted_defocus(_two_halves(0.0, 1.0), [3.0, -1.0], boxes) == -1.0
+
+
+def test_sharpness_weighted_defocus_skips_unusable_patches():
+    img = _two_halves(1.0, 2.0)
+    # a non-finite prediction, a box off the image and a 2 px sliver are left out
+    d = [3.0, np.nan, 5.0, 7.0, -1.0]
+    boxes = [[0, 0, 8, 8], [0, 8, 8, 16], [20, 20, 30, 30], [0, 0, 8, 2], [0, 8, 8, 40]]
+    assert sharpness_weighted_defocus(img, d, boxes) == pytest.approx(-0.2)
+    assert sharpness_weighted_defocus(img, [], []) is None
+    assert sharpness_weighted_defocus(np.zeros((8, 16)), [1.0], [[0, 0, 8, 8]]) is None
+    with pytest.raises(ValueError, match="2 predictions but 1 boxes"):
+        sharpness_weighted_defocus(img, [1.0, 2.0], [[0, 0, 8, 8]])
+    with pytest.raises(ValueError, match="image must be"):
+        sharpness_weighted_defocus(np.zeros(8), [1.0], [[0, 0, 8, 8]])

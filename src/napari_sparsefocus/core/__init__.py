@@ -14,6 +14,7 @@ from ._aggregate import (
     Selection,
     aggregate,
     select_patches,
+    sharpness_weighted_defocus,
 )
 from ._focal_plane import FocalPlaneResult, find_focal_plane, focal_plane_from_curve
 from ._focus_map import (
@@ -110,6 +111,7 @@ __all__ = [
     "psf_xz",
     "rms_um",
     "select_patches",
+    "sharpness_weighted_defocus",
     "simulate_field",
     "simulate_stack",
     "sparsity_from_count",

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from ..core import brenner, iter_hill_climb
+from ..core import brenner, iter_hill_climb, sharpness_weighted_defocus
 from ._camera import snap_image
 
 if TYPE_CHECKING:
@@ -886,18 +886,15 @@ class _Refocus:
         if not self._takes_k_mode:
             return None
         pred = self.model.predict(image, pixel_size_um=px, k_mode="all")
-        values, weights = [], []
-        for p in getattr(pred, "patches", ()) or ():
-            box = _clip_box(getattr(p, "box_px", None), image.shape[:2])
-            v = getattr(p, "defocus_um", None)
-            if box is None or v is None or not _is_finite_number(v):
-                continue
-            values.append(float(v))
-            weights.append(_sharpness(image, [box]))
-        w = np.asarray(weights)
-        if not values or not np.all(np.isfinite(w)) or w.sum() <= 0:
-            return None
-        return float(np.dot(w, values) / w.sum())
+        patches = [
+            p
+            for p in getattr(pred, "patches", ()) or ()
+            if _is_finite_number(getattr(p, "defocus_um", None))
+            and _clip_box(getattr(p, "box_px", None), image.shape[:2]) is not None
+        ]
+        return sharpness_weighted_defocus(
+            image, [p.defocus_um for p in patches], [p.box_px for p in patches]
+        )
 
     def _dof_um(self, pred: Any) -> float:
         """Depth of field of the model's optics (or of its prediction, or 2 × tolerance)."""
