@@ -18,7 +18,12 @@ for thresholds on the calibrated |reading|, the share of frames it accepts,
 the share of those truly more than DoF/2 off, and the share of truly in-focus
 frames it catches — for the model's top-k median and for the refocus
 controller's default "weighted" verification reading (every content patch,
-weighted by its Brenner sharpness; ``weighted`` rows of the near set).
+weighted by its Brenner sharpness; ``weighted`` rows of the near set). And
+``label_vs_layers``: per kind, how far each field's focus label (the sharpest
+plane of all its content) lies from the mean focus of its depth layers, and
+how strongly the calibrated near-focus error follows that offset (correlation,
+slope): an error the content makes, which no second frame at the same height
+removes.
 
 Run: ``nice -n 15 .venv/bin/python benchmarks/bench_near_focus.py [--fields 240]``
 (about 10 min on one core). Writes benchmarks/results/near_focus.json.
@@ -109,7 +114,9 @@ def main() -> None:
     cal = model.near_focus_calibration
     tol = float(model.optics.dof_um) / 2.0
     t0 = time.perf_counter()
-    rows: list[tuple[str, str, str, float, float]] = []  # set, kind, level, truth, reading
+    # set, kind, level, truth, reading, weighted reading, field
+    rows: list[tuple[str, str, str, float, float, float, int]] = []
+    offsets: dict[int, tuple[str, float]] = {}
     abstained = dict.fromkeys(SETS, 0)
     for i in range(args.fields):
         rng = np.random.default_rng([777, i])
@@ -132,7 +139,10 @@ def main() -> None:
                 continue
             raw = float(pred.defocus_um)
             weighted = _weighted(model, image, px, raw) if name == "near" else raw
-            rows.append((name, kind, level, d, raw, weighted))
+            rows.append((name, kind, level, d, raw, weighted, i))
+        # how far the focus label (sharpest plane of all the content) lies from the
+        # content-weighted mean focus of the specimen's depth layers
+        offsets[i] = (kind, fld.z_focus_um - fld.layer_focus_um)
         if (i + 1) % 20 == 0:
             print(f"{i + 1}/{args.fields} fields, {time.perf_counter() - t0:.0f} s", flush=True)
 
@@ -187,6 +197,26 @@ def main() -> None:
                 # under-reading shows as |reading| < |truth|
                 "median_ratio": round(float(np.median(np.abs(far[s, 1]) / np.abs(far[s, 0]))), 3),
             }
+    # does the near-focus error follow the label's offset from the layers' focus?
+    label_vs_layers: dict[str, Any] = {}
+    if cal is not None:
+        for kind in KINDS:
+            nr = [r for r in rows if r[0] == "near" and r[1] == kind]
+            if len(nr) < 3:
+                continue
+            off = np.array([offsets[r[6]][1] for r in nr])
+            truth = np.array([r[3] for r in nr])
+            entry: dict[str, Any] = {
+                "n": len(nr),
+                "offset_sd_um": round(float(np.std(off)), 2),
+                "offset_range_um": [round(float(off.min()), 2), round(float(off.max()), 2)],
+            }
+            for how, col in (("calibrated", 4), ("weighted", 5)):
+                err = cal.apply(np.array([r[col] for r in nr])) - truth
+                entry[f"{how}_error_corr"] = round(float(np.corrcoef(err, off)[0, 1]), 2)
+                entry[f"{how}_error_slope"] = round(float(np.polyfit(off, err, 1)[0]), 2)
+            label_vs_layers[kind] = entry
+
     check: dict[str, Any] = {}
     check_weighted: dict[str, Any] = {}
     if cal is not None and len(near):
@@ -214,6 +244,14 @@ def main() -> None:
             f"  {key:<10} n {v['n']:3d}  MAE {v['mae_um']:.2f} bias {v['bias_um']:+.2f} "
             f"≤DoF/2 {v['within_tol_pct']:.0f}%  |reading|/|truth| {v['median_ratio']:.3f}"
         )
+    print("\nnear-focus error against the label's offset from the layers' mean focus:")
+    for kind, v in label_vs_layers.items():
+        print(
+            f"  {kind:<7} offset sd {v['offset_sd_um']:.2f} µm {v['offset_range_um']}; "
+            f"corr / slope: top-k {v['calibrated_error_corr']:+.2f} / "
+            f"{v['calibrated_error_slope']:+.2f}, weighted {v['weighted_error_corr']:+.2f} / "
+            f"{v['weighted_error_slope']:+.2f}"
+        )
     share = 100 * np.mean(np.abs(near[:, 0]) <= tol)
     print(f"\none-snap focus check on the near set ({share:.0f} % truly within DoF/2):")
     for how, table in (("top-k median", check), ("weighted", check_weighted)):
@@ -238,6 +276,7 @@ def main() -> None:
         "near_magnitude_floor": floor,
         "one_snap_check": check,
         "one_snap_check_weighted": check_weighted,
+        "label_vs_layers": label_vs_layers,
         "seconds": round(time.perf_counter() - t0, 1),
     }
     write_results(args.out, result)
