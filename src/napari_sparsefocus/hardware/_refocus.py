@@ -182,8 +182,9 @@ class RefocusOptions:
         it), sample the Brenner sharpness of the field's content one
         ``polish_step_um`` either side (the cells the RIN scores as content,
         as read by the snap the model put nearest focus; earlier snaps at the
-        right places are reused) and go to the vertex of the parabola through the logarithms
-        of the three values around the sharpest one (see :func:`iter_refocus`).
+        right places are reused) and go to the vertex of the parabola through
+        the logarithms of the three values around the sharpest one (see
+        :func:`iter_refocus`).
         ``"auto"``: polish only what the model did not confirm — a reading
         within ``tolerance_um`` (at the start or after a move) ends the
         refocus as with ``False``; a bracket, a reading within
@@ -344,7 +345,9 @@ class RefocusReading:
     z_um : float
         Commanded focus position of the snap.
     defocus_um : float or None
-        The model's signed defocus (``None``: no usable content, or not finite).
+        The model's signed defocus (``None``: no usable content, or not
+        finite); after a move read as ``verification_reading`` and
+        ``near_focus_calibration`` say.
     magnitude_um : float or None
         Median of the selected patches' ``|defocus|`` (robust to patches that
         disagree on the sign); ``|defocus_um|`` for models without patches.
