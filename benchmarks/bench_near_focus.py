@@ -116,7 +116,7 @@ def main() -> None:
     t0 = time.perf_counter()
     # set, kind, level, truth, reading, weighted reading, field
     rows: list[tuple[str, str, str, float, float, float, int]] = []
-    offsets: dict[int, tuple[str, float]] = {}
+    offsets: dict[int, float] = {}
     abstained = dict.fromkeys(SETS, 0)
     for i in range(args.fields):
         rng = np.random.default_rng([777, i])
@@ -142,7 +142,7 @@ def main() -> None:
             rows.append((name, kind, level, d, raw, weighted, i))
         # how far the focus label (sharpest plane of all the content) lies from the
         # content-weighted mean focus of the specimen's depth layers
-        offsets[i] = (kind, fld.z_focus_um - fld.layer_focus_um)
+        offsets[i] = fld.z_focus_um - fld.layer_focus_um
         if (i + 1) % 20 == 0:
             print(f"{i + 1}/{args.fields} fields, {time.perf_counter() - t0:.0f} s", flush=True)
 
@@ -204,7 +204,7 @@ def main() -> None:
             nr = [r for r in rows if r[0] == "near" and r[1] == kind]
             if len(nr) < 3:
                 continue
-            off = np.array([offsets[r[6]][1] for r in nr])
+            off = np.array([offsets[r[6]] for r in nr])
             truth = np.array([r[3] for r in nr])
             entry: dict[str, Any] = {
                 "n": len(nr),

@@ -1503,12 +1503,8 @@ def _content_boxes(
     threshold) the boxes of the selected patches stand in.
     """
     h, w = int(shape[0]), int(shape[1])
-
-    def clip(box: Any) -> tuple[int, int, int, int] | None:
-        return _clip_box(box, (h, w))
-
     patches = getattr(pred, "patches", ()) or ()
-    boxes = [b for p in patches if (b := clip(getattr(p, "box_px", None))) is not None]
+    boxes = [b for p in patches if (b := _clip_box(getattr(p, "box_px", None), shape)) is not None]
     importance = getattr(pred, "importance", None)
     crop = getattr(pred, "crop_box_px", None)
     if boxes and _is_finite_number(threshold) and importance is not None and crop is not None:
@@ -1517,7 +1513,8 @@ def _content_boxes(
             cy0, cx0, cy1, cx1 = (float(v) for v in crop)
             ch, cw = (cy1 - cy0) / grid.shape[0], (cx1 - cx0) / grid.shape[1]
             for r, c in np.argwhere(grid >= float(threshold)):
-                b = clip((cy0 + r * ch, cx0 + c * cw, cy0 + (r + 1) * ch, cx0 + (c + 1) * cw))
+                cell = (cy0 + r * ch, cx0 + c * cw, cy0 + (r + 1) * ch, cx0 + (c + 1) * cw)
+                b = _clip_box(cell, shape)
                 if b is not None and b not in boxes:
                     boxes.append(b)
     return boxes or [(0, 0, h, w)]
