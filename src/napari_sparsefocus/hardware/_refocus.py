@@ -647,7 +647,7 @@ def iter_refocus(
     Otherwise the next target is ``z1 - d1``.
 
     **Sharpness bounds.** Every snap also measures the Brenner sharpness of
-    the content region (the first snap's patches). The sharpness has a single
+    the content region (the first snap's content cells). The sharpness has a single
     peak at focus, so whenever one snap is clearly (> 10 %) sharper than
     another, the focus lies on the sharper one's side of the blurrier one.
     These bounds form an interval; a target outside it is replaced by the
