@@ -42,6 +42,7 @@ from _results import write_results
 
 from napari_sparsefocus import __version__
 from napari_sparsefocus.core import sharpness_weighted_defocus, simulate_field
+from napari_sparsefocus.hardware._refocus import _WEIGHTED_WITHIN_DOF
 
 ROOT = Path(__file__).resolve().parents[1]
 KINDS = ("cell", "tissue")
@@ -65,11 +66,12 @@ def _stats(err: np.ndarray, tol: float) -> dict[str, Any]:
 def _weighted(model: Any, image: np.ndarray, px: float, raw: float) -> float:
     """The refocus controller's "weighted" verification reading (raw, uncalibrated).
 
-    As ``RefocusOptions(verification_reading="weighted")``: within two DoF of
-    focus by the top-k reading, the sharpness-weighted mean of every content
-    patch's prediction; otherwise the top-k reading itself.
+    As ``RefocusOptions(verification_reading="weighted")`` (the controller's
+    ``_WEIGHTED_WITHIN_DOF``): within two DoF of focus by the top-k reading,
+    the sharpness-weighted mean of every content patch's prediction; otherwise
+    the top-k reading itself.
     """
-    if abs(raw) > 2.0 * float(model.optics.dof_um):
+    if abs(raw) > _WEIGHTED_WITHIN_DOF * float(model.optics.dof_um):
         return raw
     pred = model.predict(image, pixel_size_um=px, k_mode="all")
     w = sharpness_weighted_defocus(

@@ -890,11 +890,13 @@ class _Refocus:
         if not self._takes_k_mode:
             return None
         pred = self.model.predict(image, pixel_size_um=px, k_mode="all")
+        # sharpness_weighted_defocus skips non-finite readings and unusable boxes;
+        # only patches without a (4-number) box or a reading are left out here
         patches = [
             p
             for p in getattr(pred, "patches", ()) or ()
-            if _is_finite_number(getattr(p, "defocus_um", None))
-            and _clip_box(getattr(p, "box_px", None), image.shape[:2]) is not None
+            if getattr(p, "defocus_um", None) is not None
+            and len(getattr(p, "box_px", None) or ()) == 4
         ]
         return sharpness_weighted_defocus(
             image, [p.defocus_um for p in patches], [p.box_px for p in patches]
