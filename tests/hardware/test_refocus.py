@@ -5,6 +5,7 @@ import itertools
 import logging
 import math
 import threading
+import types
 
 import numpy as np
 import pytest
@@ -950,3 +951,53 @@ def test_verification_near_focus_reads_every_content_patch_weighted_by_sharpness
     assert result.readings[1].defocus_um == pytest.approx(truth + 1.0)
     with pytest.raises(ValueError, match="verification_reading"):
         RefocusOptions(verification_reading="mean")
+
+
+class RefinedModel(AllPatchesModel):
+    """An :class:`AllPatchesModel` with a near-focus refiner reading 0.05 µm high, and a
+    calibration that adds 0.3 µm (which a refined reading must not get)."""
+
+    def __init__(self, scope):
+        super().__init__(scope)
+        self.near_focus_calibration = NearFocusCalibration((-50.0, 50.0), (-49.7, 50.3))
+        self.refined_calls = 0
+
+    def read_near_focus(self, image, *, pixel_size_um=None):
+        self.refined_calls += 1
+        return types.SimpleNamespace(defocus_um=self.scope.true_defocus_um() + 0.05)
+
+
+def _run(gen):
+    steps = []
+    with pytest.raises(StopIteration) as stop:
+        while True:
+            steps.append(next(gen))
+    return stop.value.value, [s for s in steps if s.phase == "snap"]
+
+
+def test_verification_near_focus_takes_the_models_refined_reading_uncalibrated(microscope):
+    scope = microscope
+    model = RefinedModel(scope)
+    scope.move_to_defocus(8.0)
+    result = refocus(scope.core, model, polish=False)  # default: "refined"
+    # the top-k reading after the first move (truth + 1 µm) is within 2 DoF: every
+    # verification from there is the refiner's, as it is (truth + 0.05 µm)
+    assert model.refined_calls == len(result.readings) - 1 >= 1
+    for r in result.readings[1:]:
+        assert r.defocus_um == pytest.approx(r.z_um - scope.true_focus_um() + 0.05)
+    assert result.verdict == "in_focus"
+    assert abs(result.final_z_um - scope.true_focus_um()) <= 0.1
+    # "weighted" does not ask for it, and calibrates the sharpness-weighted mean
+    for reading, m in (("weighted", RefinedModel(scope)), ("refined", AllPatchesModel(scope))):
+        # (a model without a refiner falls back to "weighted" under "refined")
+        scope.move_to_defocus(8.0)
+        result, snaps = _run(
+            iter_refocus(scope.core, m, polish=False, verification_reading=reading)
+        )
+        assert getattr(m, "refined_calls", 0) == 0 and m.k_modes[:3] == ["auto", "auto", "all"]
+        boxes = [(224 * r, 224 * c, 224 * (r + 1), 224 * (c + 1)) for r, c, _ in m.OFFSETS]
+        w = np.array([_sharpness(snaps[1].image, [b]) for b in boxes])
+        truth = result.readings[1].z_um - scope.true_focus_um()
+        weighted = float(np.dot(w, [truth + off for _, _, off in m.OFFSETS]) / w.sum())
+        shift = 0.3 if reading == "weighted" else 0.0
+        assert result.readings[1].defocus_um == pytest.approx(weighted + shift)

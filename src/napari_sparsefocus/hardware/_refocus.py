@@ -71,7 +71,7 @@ FALLBACKS = ("none", "hill_climb")
 #: Possible :attr:`RefocusPolish.method` values.
 POLISH_METHODS = ("parabola", "best_sample", "flat")
 #: Possible :attr:`RefocusOptions.verification_reading` values.
-VERIFICATION_READINGS = ("weighted", "median")
+VERIFICATION_READINGS = ("refined", "weighted", "median")
 
 #: A move of at least this many depths of field towards focus must sharpen the content.
 _SHARPEN_CHECK_DOF = 2.0
@@ -246,7 +246,7 @@ class RefocusOptions:
     polish_within_um: float | None = None
     polish_max_snaps: int = 4
     near_focus_calibration: bool = True
-    verification_reading: Literal["weighted", "median"] = "weighted"
+    verification_reading: Literal["refined", "weighted", "median"] = "refined"
 
     def __post_init__(self) -> None:
         for name in (
@@ -859,17 +859,24 @@ class _Refocus:
         if d is not None:
             vals = [abs(float(p.defocus_um)) for p in patches]
             mag = float(np.median(vals)) if vals and all(map(math.isfinite, vals)) else abs(d)
+            refined: float | None = None
             if (
                 self.readings
-                and self.opts.verification_reading == "weighted"
+                and self.opts.verification_reading != "median"
                 and abs(d) <= _WEIGHTED_WITHIN_DOF * self.dof_um
             ):
-                # a verification near focus: every content patch, weighted by sharpness
-                weighted = self._weighted_reading(image, px)
+                # a verification near focus: every content patch, weighted by sharpness,
+                # each refined to its own defocus when the model has a near-focus refiner
+                if self.opts.verification_reading == "refined":
+                    refined = self._refined_reading(image, px)
+                weighted = refined if refined is not None else self._weighted_reading(image, px)
                 if weighted is not None:
                     d = weighted
             cal = getattr(self.model, "near_focus_calibration", None)
-            if self.readings and cal is not None and self.opts.near_focus_calibration:
+            if refined is not None:
+                # the refiner is itself a near-focus posterior: no calibration on top
+                mag = min(mag, abs(d))
+            elif self.readings and cal is not None and self.opts.near_focus_calibration:
                 # a verification after a move: the stage is probably near focus, where
                 # the raw reading has a floor of about 1 µm (see NearFocusCalibration)
                 d = float(cal.apply([d])[0])
@@ -882,6 +889,15 @@ class _Refocus:
         self.readings.append(reading)
         self.images.append(image)
         return pred, reading
+
+    def _refined_reading(self, image: NDArray[Any], px: float | None) -> float | None:
+        """Return the model's near-focus refiner reading (None: it has none, or no content)."""
+        read = getattr(self.model, "read_near_focus", None)
+        if read is None:
+            return None
+        out = read(image, pixel_size_um=px)
+        d = getattr(out, "defocus_um", None)
+        return float(d) if d is not None and _is_finite_number(d) else None
 
     def _weighted_reading(self, image: NDArray[Any], px: float | None) -> float | None:
         """Sharpness-weighted mean prediction of every content patch (None: not available)."""

@@ -13,6 +13,7 @@ from ._dpn import DefocusPredictionNetwork
 from ._inference import (
     BUNDLED_MODEL_DIR,
     DefocusPrediction,
+    NearFocusReading,
     PatchPrediction,
     SparseFocusModel,
     iter_predict_stack,
@@ -28,6 +29,13 @@ from ._model_io import (
     load_model_file,
     save_model_file,
 )
+from ._refiner import (
+    REFINER_FEATURES,
+    NearFocusRefiner,
+    fit_near_focus_refiner,
+    patch_sharpness_descriptor,
+    refiner_inputs,
+)
 from ._registry import NETWORKS, build_network
 from ._rin import RegionImportanceNetwork
 
@@ -36,6 +44,7 @@ __all__ = [
     "MODEL_FORMAT",
     "MODEL_VERSION",
     "NETWORKS",
+    "REFINER_FEATURES",
     "REFUSED_SUFFIXES",
     "DPNConfig",
     "DastidarConfig",
@@ -48,6 +57,8 @@ __all__ = [
     "LiaoNet",
     "ModelFileError",
     "NearFocusCalibration",
+    "NearFocusReading",
+    "NearFocusRefiner",
     "PatchPrediction",
     "RINConfig",
     "RegionImportanceNetwork",
@@ -55,9 +66,12 @@ __all__ = [
     "build_network",
     "check_optics",
     "fit_near_focus_calibration",
+    "fit_near_focus_refiner",
     "iter_predict_stack",
     "load_model",
     "load_model_file",
+    "patch_sharpness_descriptor",
     "predict_defocus",
+    "refiner_inputs",
     "save_model_file",
 ]

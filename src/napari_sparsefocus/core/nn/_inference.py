@@ -16,6 +16,7 @@ from .._optics import Optics
 from ._calibration import NearFocusCalibration
 from ._model_io import load_model_file, save_model_file
 from ._preprocess import grid_patches, prepare_image, rin_input
+from ._refiner import NearFocusRefiner, patch_sharpness_descriptor, refiner_inputs
 from ._registry import build_network
 
 if TYPE_CHECKING:
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BUNDLED_MODEL_DIR",
     "DefocusPrediction",
+    "NearFocusReading",
     "PatchPrediction",
     "SparseFocusModel",
     "bundled_baseline_paths",
@@ -137,6 +139,44 @@ class DefocusPrediction:
         }
 
 
+@dataclass(frozen=True)
+class NearFocusReading:
+    """A frame's defocus read near focus by the model's near-focus refiner.
+
+    Attributes
+    ----------
+    defocus_um : float
+        Sharpness-weighted mean of the patches' refined own defocus (µm,
+        ``z_current - z_focus``): the reading of the whole field.
+    patch_defocus_um : ndarray
+        ``(N,)`` refined own defocus of every content patch (µm).
+    dpn_defocus_um : ndarray
+        ``(N,)`` the DPN's reading of the same patches (µm).
+    weights : ndarray
+        ``(N,)`` each patch's share of the mean (Brenner sharpness, sums to 1).
+    boxes_px : tuple of tuple of float
+        ``(y0, x0, y1, x1)`` of each patch in the input image's pixels.
+    """
+
+    defocus_um: float
+    patch_defocus_um: NDArray[np.float64] = field(repr=False)
+    dpn_defocus_um: NDArray[np.float64] = field(repr=False)
+    weights: NDArray[np.float64] = field(repr=False)
+    boxes_px: tuple[tuple[float, float, float, float], ...] = field(repr=False)
+
+
+def _patch_brenner(patches: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Brenner gradient of the BT.601 luma of ``(N, 3, H, W)`` (or ``(N, 1, H, W)``) patches."""
+    if patches.shape[1] >= 3:
+        luma = 0.299 * patches[:, 0] + 0.587 * patches[:, 1] + 0.114 * patches[:, 2]
+    else:
+        luma = patches[:, 0]
+    gy = luma[:, 2:, :] - luma[:, :-2, :]
+    gx = luma[:, :, 2:] - luma[:, :, :-2]
+    out: NDArray[np.float64] = np.mean(gy**2, axis=(1, 2)) + np.mean(gx**2, axis=(1, 2))
+    return out
+
+
 class SparseFocusModel:
     """A trained SparseFocus pipeline: Region Importance + Defocus Prediction networks.
 
@@ -161,6 +201,9 @@ class SparseFocusModel:
         #: Posterior map for readings taken near focus (a refocus controller's
         #: verification snaps); ``None`` when the model file has none.
         self.near_focus_calibration = None if cal is None else NearFocusCalibration.from_dict(cal)
+        #: Near-focus refiner (see :meth:`read_near_focus`); ``None`` when the
+        #: model file has none.
+        self.near_focus_refiner: NearFocusRefiner | None = None
 
     def with_near_focus_calibration(
         self, calibration: NearFocusCalibration | None
@@ -183,7 +226,33 @@ class SparseFocusModel:
         cfg.pop("near_focus_calibration", None)
         if calibration is not None:
             cfg["near_focus_calibration"] = calibration.to_dict()
-        return SparseFocusModel(self.rin, self.dpn, cfg)
+        out = SparseFocusModel(self.rin, self.dpn, cfg)
+        out.near_focus_refiner = self.near_focus_refiner
+        return out
+
+    def with_near_focus_refiner(self, refiner: NearFocusRefiner | None) -> SparseFocusModel:
+        """Return the same networks with a new near-focus refiner (or none).
+
+        Parameters
+        ----------
+        refiner : NearFocusRefiner or None
+            See :func:`~napari_sparsefocus.core.nn.fit_near_focus_refiner`; it
+            must take this model's input rows.
+
+        Returns
+        -------
+        SparseFocusModel
+            A new model sharing the networks; :meth:`save` writes the refiner.
+        """
+        cfg = dict(self.config)
+        cfg.pop("near_focus_refiner", None)
+        if refiner is not None:
+            if not isinstance(refiner, NearFocusRefiner):
+                raise TypeError(f"refiner must be a NearFocusRefiner, got {type(refiner).__name__}")
+            cfg["near_focus_refiner"] = refiner.to_config()
+        out = SparseFocusModel(self.rin, self.dpn, cfg)
+        out.near_focus_refiner = refiner
+        return out
 
     # ------------------------------------------------------------------ files
     def save(self, path: str | Path) -> tuple[Path, Path]:
@@ -191,6 +260,10 @@ class SparseFocusModel:
         tensors = {f"rin.{k}": v for k, v in self.rin.state_dict().items()}
         tensors.update({f"dpn.{k}": v for k, v in self.dpn.state_dict().items()})
         cfg = dict(self.config)
+        cfg.pop("near_focus_refiner", None)
+        if self.near_focus_refiner is not None:
+            tensors.update(self.near_focus_refiner.to_tensors())
+            cfg["near_focus_refiner"] = self.near_focus_refiner.to_config()
         cfg["format"] = _FORMAT
         cfg["architecture"] = "sparsefocus"
         cfg["networks"] = {
@@ -200,17 +273,16 @@ class SparseFocusModel:
         return paths
 
     # ------------------------------------------------------------ prediction
-    @torch.no_grad()
-    def predict(
+    def _forward(
         self,
         image: ArrayLike,
         *,
-        pixel_size_um: float | None = None,
-        k_mode: str = "auto",
-        k: int | None = None,
-        threshold: float | None = None,
-    ) -> DefocusPrediction:
-        """Predict the signed defocus of one image (see :func:`predict_defocus`)."""
+        pixel_size_um: float | None,
+        k_mode: str,
+        k: int | None,
+        threshold: float | None,
+    ) -> tuple[Any, NDArray[np.float32], Any, torch.Tensor, NDArray[np.float64]]:
+        """Prepare, score (RIN), select and read (DPN): the steps every prediction shares."""
         prep = prepare_image(
             image,
             model_pixel_size_um=self.optics.pixel_size_um,
@@ -230,6 +302,101 @@ class SparseFocusModel:
         )
         patches = grid_patches(prep, sel.indices)
         d = self.dpn(patches).reshape(-1).numpy().astype(float) if len(patches) else np.zeros(0)
+        return prep, importance, sel, patches, d
+
+    @torch.no_grad()
+    def near_focus_inputs(
+        self, image: ArrayLike, *, pixel_size_um: float | None = None
+    ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64], tuple[Any, ...]]:
+        """Return the near-focus refiner's input rows for every content patch of one frame.
+
+        Parameters
+        ----------
+        image : array_like
+            One camera frame (as :meth:`predict`).
+        pixel_size_um : float, optional
+            Its sample pixel size (µm); default: the model's.
+
+        Returns
+        -------
+        inputs : ndarray
+            ``(N, F)`` :func:`~napari_sparsefocus.core.nn.refiner_inputs` rows
+            of the patches the RIN scores at or above the threshold (empty
+            ``(0, 0)`` when there are none).
+        dpn_defocus_um : ndarray
+            ``(N,)`` the DPN's reading of each.
+        weights : ndarray
+            ``(N,)`` each patch's Brenner sharpness (luma of the [0, 1] patch).
+        boxes_px : tuple
+            ``(y0, x0, y1, x1)`` of each patch in the input image's pixels.
+        """
+        prep, importance, sel, patches, d = self._forward(
+            image, pixel_size_um=pixel_size_um, k_mode="all", k=None, threshold=None
+        )
+        if not len(patches):
+            empty = np.zeros(0)
+            return np.zeros((0, 0)), empty, empty, ()
+        x = patches.double().numpy()
+        w = _patch_brenner(x)
+        imp = np.array([importance[r, c] for r, c in sel.indices], dtype=np.float64)
+        boxes = tuple(prep.patch_box_px(int(r), int(c)) for r, c in sel.indices)
+        if not w.sum() > 0:  # flat patches: weigh them alike
+            w = np.ones_like(w)
+        rows = refiner_inputs(patch_sharpness_descriptor(x), d, imp, w)
+        return rows, d, w, boxes
+
+    def read_near_focus(
+        self, image: ArrayLike, *, pixel_size_um: float | None = None
+    ) -> NearFocusReading | None:
+        """Read a frame taken near focus with the near-focus refiner.
+
+        Every content patch's own defocus is refined from its colour sharpness
+        and the frame's context, then averaged with the patches' Brenner
+        sharpness as weights (see :mod:`napari_sparsefocus.core.nn._refiner`).
+        The refiner's prior is "within ``refiner.range_um`` of focus": use it
+        for a refocus controller's verification snaps, not for a first reading.
+
+        Parameters
+        ----------
+        image : array_like
+            One camera frame (as :meth:`predict`).
+        pixel_size_um : float, optional
+            Its sample pixel size (µm); default: the model's.
+
+        Returns
+        -------
+        NearFocusReading or None
+            None when the model has no refiner or the frame no content patch.
+        """
+        if self.near_focus_refiner is None:
+            return None
+        rows, d, w, boxes = self.near_focus_inputs(image, pixel_size_um=pixel_size_um)
+        if not len(d):
+            return None
+        refined = self.near_focus_refiner.predict(rows)
+        share = w / w.sum()
+        return NearFocusReading(
+            defocus_um=float(np.dot(share, refined)),
+            patch_defocus_um=refined,
+            dpn_defocus_um=d,
+            weights=share,
+            boxes_px=boxes,
+        )
+
+    @torch.no_grad()
+    def predict(
+        self,
+        image: ArrayLike,
+        *,
+        pixel_size_um: float | None = None,
+        k_mode: str = "auto",
+        k: int | None = None,
+        threshold: float | None = None,
+    ) -> DefocusPrediction:
+        """Predict the signed defocus of one image (see :func:`predict_defocus`)."""
+        prep, importance, sel, _, d = self._forward(
+            image, pixel_size_um=pixel_size_um, k_mode=k_mode, k=k, threshold=threshold
+        )
         agg = aggregate(d, dof_um=self.optics.dof_um)
         gy, gx = prep.grid
         y0, x0, _, _ = prep.patch_box_px(0, 0)
@@ -341,9 +508,14 @@ def load_model(path: str | Path | None = None) -> SparseFocusModel:
             raise ValueError(f"{path}: {key} weights do not fit its config: {e}") from None
         modules[key] = net
     try:
-        return SparseFocusModel(modules["rin"], modules["dpn"], cfg)
+        model = SparseFocusModel(modules["rin"], modules["dpn"], cfg)
+        if cfg.get("near_focus_refiner") is not None:
+            model.near_focus_refiner = NearFocusRefiner.from_model_file(
+                tensors, cfg["near_focus_refiner"]
+            )
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
+    return model
 
 
 def predict_defocus(
