@@ -80,6 +80,23 @@ def _weighted(model: Any, image: np.ndarray, px: float, raw: float) -> float:
     return raw if w is None else w
 
 
+def _refined(model: Any, image: np.ndarray, px: float, raw: float) -> float:
+    """The refocus controller's default "refined" verification reading (final, calibrated).
+
+    As ``RefocusOptions(verification_reading="refined")``: within two DoF of focus
+    by the top-k reading, the model's near-focus refiner
+    (``SparseFocusModel.read_near_focus``, no calibration on top); otherwise, or
+    without a refiner, the weighted reading through the near-focus calibration.
+    """
+    cal = model.near_focus_calibration
+    if abs(raw) <= _WEIGHTED_WITHIN_DOF * float(model.optics.dof_um):
+        out = model.read_near_focus(image, pixel_size_um=px)
+        if out is not None:
+            return float(out.defocus_um)
+    w = _weighted(model, image, px, raw)
+    return float(cal.apply([w])[0]) if cal is not None else w
+
+
 def _check(truth: np.ndarray, reading: np.ndarray, tol: float) -> dict[str, Any]:
     """How a one-snap focus check at several thresholds on ``|reading|`` would fare."""
     in_focus = np.abs(truth) <= tol
@@ -116,8 +133,8 @@ def main() -> None:
     cal = model.near_focus_calibration
     tol = float(model.optics.dof_um) / 2.0
     t0 = time.perf_counter()
-    # set, kind, level, truth, reading, weighted reading, field
-    rows: list[tuple[str, str, str, float, float, float, int]] = []
+    # set, kind, level, truth, reading, weighted reading, field, refined reading
+    rows: list[tuple[str, str, str, float, float, float, int, float]] = []
     offsets: dict[int, float] = {}
     abstained = dict.fromkeys(SETS, 0)
     for i in range(args.fields):
@@ -141,7 +158,8 @@ def main() -> None:
                 continue
             raw = float(pred.defocus_um)
             weighted = _weighted(model, image, px, raw) if name == "near" else raw
-            rows.append((name, kind, level, d, raw, weighted, i))
+            refined = _refined(model, image, px, raw) if name == "near" else raw
+            rows.append((name, kind, level, d, raw, weighted, i, refined))
         # how far the focus label (sharpest plane of all the content) lies from the
         # content-weighted mean focus of the specimen's depth layers
         offsets[i] = fld.z_focus_um - fld.layer_focus_um
@@ -149,15 +167,15 @@ def main() -> None:
             print(f"{i + 1}/{args.fields} fields, {time.perf_counter() - t0:.0f} s", flush=True)
 
     def select(name: str, kind: str | None = None, level: str | None = None) -> np.ndarray:
-        """``(truth, reading, weighted reading)`` rows of a set (and group)."""
+        """``(truth, reading, weighted reading, refined reading)`` rows of a set (and group)."""
         return np.array(
             [
-                (r[3], r[4], r[5])
+                (r[3], r[4], r[5], r[7])
                 for r in rows
                 if r[0] == name and kind in (None, r[1]) and level in (None, r[2])
             ],
             dtype=np.float64,
-        ).reshape(-1, 3)
+        ).reshape(-1, 4)
 
     sets: dict[str, Any] = {}
     for name in SETS:
@@ -172,6 +190,8 @@ def main() -> None:
                 if name == "near" and cal is not None:
                     groups[key]["calibrated"] = _stats(cal.apply(a[:, 1]) - a[:, 0], tol)
                     groups[key]["weighted"] = _stats(cal.apply(a[:, 2]) - a[:, 0], tol)
+                if name == "near" and model.near_focus_refiner is not None:
+                    groups[key]["refined"] = _stats(a[:, 3] - a[:, 0], tol)
         sets[name] = {"range_um": SETS[name], "abstained": abstained[name], "groups": groups}
 
     near = select("near")
@@ -213,17 +233,21 @@ def main() -> None:
                 "offset_sd_um": round(float(np.std(off)), 2),
                 "offset_range_um": [round(float(off.min()), 2), round(float(off.max()), 2)],
             }
-            for how, col in (("calibrated", 4), ("weighted", 5)):
-                err = cal.apply(np.array([r[col] for r in nr])) - truth
+            for how, col in (("calibrated", 4), ("weighted", 5), ("refined", 7)):
+                vals = np.array([r[col] for r in nr])
+                err = (vals if how == "refined" else cal.apply(vals)) - truth
                 entry[f"{how}_error_corr"] = round(float(np.corrcoef(err, off)[0, 1]), 2)
                 entry[f"{how}_error_slope"] = round(float(np.polyfit(off, err, 1)[0]), 2)
             label_vs_layers[kind] = entry
 
     check: dict[str, Any] = {}
     check_weighted: dict[str, Any] = {}
+    check_refined: dict[str, Any] = {}
     if cal is not None and len(near):
         check = _check(near[:, 0], cal.apply(near[:, 1]), tol)
         check_weighted = _check(near[:, 0], cal.apply(near[:, 2]), tol)
+    if model.near_focus_refiner is not None and len(near):
+        check_refined = _check(near[:, 0], near[:, 3], tol)
 
     for name, s in sets.items():
         print(f"\n== {name} {s['range_um']} µm (abstained {s['abstained']})")
@@ -252,11 +276,16 @@ def main() -> None:
             f"  {kind:<7} offset sd {v['offset_sd_um']:.2f} µm {v['offset_range_um']}; "
             f"corr / slope: top-k {v['calibrated_error_corr']:+.2f} / "
             f"{v['calibrated_error_slope']:+.2f}, weighted {v['weighted_error_corr']:+.2f} / "
-            f"{v['weighted_error_slope']:+.2f}"
+            f"{v['weighted_error_slope']:+.2f}, refined {v['refined_error_corr']:+.2f} / "
+            f"{v['refined_error_slope']:+.2f}"
         )
     share = 100 * np.mean(np.abs(near[:, 0]) <= tol)
     print(f"\none-snap focus check on the near set ({share:.0f} % truly within DoF/2):")
-    for how, table in (("top-k median", check), ("weighted", check_weighted)):
+    for how, table in (
+        ("top-k median", check),
+        ("weighted", check_weighted),
+        ("refined", check_refined),
+    ):
         for thr, v in table.items():
             print(
                 f"  {how:12s} calibrated |reading| ≤ {thr} µm: accepts {v['accepted_pct']}%, "
@@ -278,6 +307,7 @@ def main() -> None:
         "near_magnitude_floor": floor,
         "one_snap_check": check,
         "one_snap_check_weighted": check_weighted,
+        "one_snap_check_refined": check_refined,
         "label_vs_layers": label_vs_layers,
         "seconds": round(time.perf_counter() - t0, 1),
     }

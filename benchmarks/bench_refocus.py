@@ -61,9 +61,9 @@ def _median(values):
     return float(statistics.median(values)) if values else None
 
 
-def _sparsefocus(scope, model, pixel_size_um, polish):
+def _sparsefocus(scope, model, pixel_size_um, polish, **options):
     t_sim, t_wall = scope.sim_time_s, time.perf_counter()
-    r = refocus(scope.core, model, pixel_size_um=pixel_size_um, polish=polish)
+    r = refocus(scope.core, model, pixel_size_um=pixel_size_um, polish=polish, **options)
     return {
         "error_um": scope.true_defocus_um(),
         "snaps": r.snaps,
@@ -162,7 +162,9 @@ def _run_slide(scope, model, seed, runs, args) -> None:
                 line = f"{seed:2d} {cls:16s} {site.kind:6s} {site.index!s:10s} start {e0:+6.1f} µm "
                 for method, polish, tag in SF_CONFIGS:
                     scope.move_to_defocus(e0)
-                    sf = _sparsefocus(scope, model, px, polish)
+                    sf = _sparsefocus(
+                        scope, model, px, polish, confirm_within_um=args.confirm_within_um
+                    )
                     sf.update(where)
                     runs[cls][method].append(sf)
                     line += (
@@ -194,6 +196,12 @@ def main() -> None:
     ap.add_argument("--no-classical", action="store_true")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--model", default=None, help="model file (default: the bundled model)")
+    ap.add_argument(
+        "--confirm-within-um",
+        type=float,
+        default=None,
+        help="RefocusOptions.confirm_within_um (default: the controller's)",
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "refocus.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -283,6 +291,11 @@ def main() -> None:
         f"--classical-max-snaps {args.classical_max_snaps}"
         + (" --no-classical" if args.no_classical else "")
         + (f" --model {args.model}" if args.model else "")
+        + (
+            f" --confirm-within-um {args.confirm_within_um}"
+            if args.confirm_within_um is not None
+            else ""
+        )
     )
     summary = {
         "benchmark": "refocus",

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from napari_sparsefocus import Optics, load_model, simulate_stack
+from napari_sparsefocus.core import simulate_field
 from napari_sparsefocus.core.nn._inference import BUNDLED_MODEL_DIR, bundled_baseline_paths
 
 # planes clearly out of focus on both sides (the DoF is 1.17 µm)
@@ -89,3 +90,29 @@ def test_empty_field_abstains(model):
     )
     p = model.predict(stack.images[0])
     assert p.defocus_um is None and p.verdict == "no usable content"
+
+
+def test_the_bundled_refiner_reads_held_out_frames_near_focus_to_a_fraction_of_a_dof(model):
+    m = model
+    ref = m.near_focus_refiner
+    assert ref is not None and "train-split" in ref.fitted_on and ref.range_um >= 2.0
+    cal = m.near_focus_calibration
+    refined, topk = [], []
+    # held-out fields (test split, seeds no benchmark uses), one noisy frame per height
+    for kind, level, seed in (
+        ("cell", "sparse", 60001),
+        ("tissue", "dense", 60002),
+        ("tissue", "extremely_sparse", 60004),
+    ):
+        fld = simulate_field(kind, level, m.optics, seed=seed, shape_px=(1120, 1120), split="test")
+        for d in (-1.0, 0.0, 1.0):
+            img = fld.snap_defocus(d, rng=np.random.default_rng(seed))
+            r = m.read_near_focus(img, pixel_size_um=fld.optics.pixel_size_um)
+            assert r is not None and len(r.patch_defocus_um) == len(r.weights)
+            if d:
+                assert np.sign(r.defocus_um) == np.sign(d), (kind, level, d, r.defocus_um)
+            refined.append(abs(r.defocus_um - d))
+            topk.append(abs(cal.apply([m.predict(img).defocus_um])[0] - d))
+    # within a third of a DoF on average, and closer than the calibrated top-k reading
+    assert np.mean(refined) <= m.optics.dof_um / 3
+    assert np.mean(refined) < np.mean(topk)

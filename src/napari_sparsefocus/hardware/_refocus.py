@@ -129,6 +129,11 @@ class RefocusOptions:
     tolerance_um : float or None
         A verification whose predicted ``|defocus|`` is at most this counts as
         in focus. ``None``: half the depth of field of the model's optics.
+    confirm_within_um : float or None
+        A verification reading (after a move) confirms focus when its
+        ``|defocus|`` is at most this (verdict "in_focus"; with
+        ``polish="auto"`` it also skips the polish). ``None``: ``tolerance_um``.
+        A stricter bar trades snaps for fewer false confirmations.
     min_direction_agreement : float
         Abstain when fewer than this fraction of the model's patches agree
         with the direction of the first prediction (0 disables).
@@ -228,6 +233,7 @@ class RefocusOptions:
     max_excursion_um: float | None = None
     verify: bool = True
     tolerance_um: float | None = None
+    confirm_within_um: float | None = None
     min_direction_agreement: float = 0.6
     max_spread_um: float | None = None
     max_spread_fraction: float = 1.0
@@ -277,6 +283,10 @@ class RefocusOptions:
             raise ValueError(f"max_excursion_um must be > 0, got {self.max_excursion_um}")
         if self.tolerance_um is not None and self.tolerance_um <= 0:
             raise ValueError(f"tolerance_um must be > 0, got {self.tolerance_um}")
+        if self.confirm_within_um is not None and not (
+            _is_finite_number(self.confirm_within_um) and self.confirm_within_um > 0
+        ):
+            raise ValueError(f"confirm_within_um must be > 0, got {self.confirm_within_um}")
         if self.max_spread_um is not None and self.max_spread_um < 0:
             raise ValueError(f"max_spread_um must be >= 0, got {self.max_spread_um}")
         if self.pixel_size_um is not None and self.pixel_size_um < 0:
@@ -1037,6 +1047,7 @@ class _Refocus:
         pred, r0 = self._read(image, px)
         dof = self.dof_um = self._dof_um(pred)
         tol = self.tolerance_um = dof / 2 if opts.tolerance_um is None else opts.tolerance_um
+        confirm = tol if opts.confirm_within_um is None else float(opts.confirm_within_um)
         step = opts.polish_step_um
         self.polish_step_um = dof if step is None else float(step)
         within = 2.0 * dof if opts.polish_within_um is None else float(opts.polish_within_um)
@@ -1088,9 +1099,9 @@ class _Refocus:
                     verdict = "in_focus" if polished.method == "parabola" else "unconfirmed"
                     return verdict, f"{lost}, but the content got sharper; {polished.describe()}"
                 return (yield from self._finish("unconfirmed", lost))
-            elif abs(last.defocus_um) <= tol:
+            elif abs(last.defocus_um) <= confirm:
                 message = (
-                    f"verified: |defocus| {abs(last.defocus_um):.3g} ≤ {tol:.3g} µm "
+                    f"verified: |defocus| {abs(last.defocus_um):.3g} ≤ {confirm:.3g} µm "
                     f"after {self.moves} move(s)"
                 )
                 if opts.polish is True:  # "auto" trusts a confirming reading
