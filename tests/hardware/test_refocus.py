@@ -1001,3 +1001,26 @@ def test_verification_near_focus_takes_the_models_refined_reading_uncalibrated(m
         weighted = float(np.dot(w, [truth + off for _, _, off in m.OFFSETS]) / w.sum())
         shift = 0.3 if reading == "weighted" else 0.0
         assert result.readings[1].defocus_um == pytest.approx(weighted + shift)
+
+
+class FlooredFirstModel(FakeModel):
+    """The first (top-k) reading is floored on the wrong side near focus (-1 µm); after a
+    move the near-focus refiner reads 0.8 × the truth (an under-read, as far out)."""
+
+    def __init__(self, scope):
+        super().__init__(scope, lambda d, n: -1.0 if n == 1 else d)
+
+    def read_near_focus(self, image, *, pixel_size_um=None):
+        return types.SimpleNamespace(defocus_um=0.8 * self.scope.true_defocus_um())
+
+
+def test_a_refined_reading_is_not_interpolated_towards_the_first_snaps(microscope):
+    scope = microscope
+    scope.move_to_defocus(0.5)
+    result = refocus(scope.core, FlooredFirstModel(scope), polish=False)
+    # readings -1.0 (first snap, 0.5 µm up) and +1.2 (after the move, 1.5 µm up) point at
+    # each other; the zero crossing of the line through them lies 0.95 µm up. The refined
+    # reading is corrected on instead: 1.5 - 1.2 = 0.3 µm up, read 0.24: in focus.
+    assert [r.refined for r in result.readings] == [False, True, True]
+    assert result.verdict == "in_focus" and result.moves == 2
+    assert abs(scope.true_defocus_um()) == pytest.approx(0.3, abs=0.02)

@@ -364,12 +364,16 @@ class RefocusReading:
     sharpness : float
         Brenner focus measure over the content region of the first snap
         (the whole frame if the model named no patches).
+    refined : bool
+        True when ``defocus_um`` is the model's near-focus refiner reading
+        (``verification_reading="refined"``).
     """
 
     z_um: float
     defocus_um: float | None
     magnitude_um: float | None
     sharpness: float
+    refined: bool = False
 
     @property
     def usable(self) -> bool:
@@ -866,10 +870,10 @@ class _Refocus:
         d = float(d) if d is not None and _is_finite_number(d) else None
         patches = tuple(getattr(pred, "patches", ()) or ())
         mag: float | None = None
+        refined: float | None = None
         if d is not None:
             vals = [abs(float(p.defocus_um)) for p in patches]
             mag = float(np.median(vals)) if vals and all(map(math.isfinite, vals)) else abs(d)
-            refined: float | None = None
             if (
                 self.readings
                 and self.opts.verification_reading != "median"
@@ -895,7 +899,9 @@ class _Refocus:
             self.boxes = _content_boxes(
                 pred, image.shape[:2], getattr(self.model, "threshold", None)
             )
-        reading = RefocusReading(self.z_um, d, mag, _sharpness(image, self.boxes))
+        reading = RefocusReading(
+            self.z_um, d, mag, _sharpness(image, self.boxes), refined=refined is not None
+        )
         self.readings.append(reading)
         self.images.append(image)
         return pred, reading
@@ -1179,6 +1185,10 @@ class _Refocus:
     def _bracket(self, a: RefocusReading, b: RefocusReading, dof: float) -> float | None:
         """Zero crossing of the defocus between two near-focus readings pointing at each other."""
         if a.defocus_um is None or b.defocus_um is None:
+            return None
+        if b.refined and not a.refined:
+            # the refined reading is the better one: interpolating towards a coarser
+            # reading (the first snap's, floored near focus) would pull it off
             return None
         if max(abs(a.defocus_um), abs(b.defocus_um)) > _BRACKET_DOF * dof:
             return None
