@@ -1024,3 +1024,25 @@ def test_a_refined_reading_is_not_interpolated_towards_the_first_snaps(microscop
     assert [r.refined for r in result.readings] == [False, True, True]
     assert result.verdict == "in_focus" and result.moves == 2
     assert abs(scope.true_defocus_um()) == pytest.approx(0.3, abs=0.02)
+
+
+def test_a_verification_confirms_focus_only_within_confirm_within_um(microscope):
+    scope = microscope
+
+    # first reading: the truth; after the move every reading says 0.55 µm (inside the
+    # 0.6 µm tolerance of a 1.2 µm DoF, outside the default bar 0.85 × 0.6 = 0.51 µm)
+    def rule(d, n):
+        return d if n == 1 else 0.55
+
+    scope.move_to_defocus(6.0)
+    strict = refocus(scope.core, FakeModel(scope, rule), polish=False, max_moves=2)
+    assert strict.moves > 1 and strict.verdict != "in_focus"
+    scope.move_to_defocus(6.0)
+    loose = refocus(
+        scope.core, FakeModel(scope, rule), polish=False, max_moves=2, confirm_within_um=0.6
+    )
+    assert loose.moves == 1 and loose.verdict == "in_focus"
+    assert "0.55 ≤ 0.6 µm" in loose.message
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="confirm_within_um"):
+            RefocusOptions(confirm_within_um=bad)

@@ -73,6 +73,8 @@ POLISH_METHODS = ("parabola", "best_sample", "flat")
 #: Possible :attr:`RefocusOptions.verification_reading` values.
 VERIFICATION_READINGS = ("refined", "weighted", "median")
 
+#: Default ``confirm_within_um`` as a fraction of ``tolerance_um``.
+_CONFIRM_FRACTION = 0.85
 #: A move of at least this many depths of field towards focus must sharpen the content.
 _SHARPEN_CHECK_DOF = 2.0
 #: Content sharpness ratio below which an image counts as clearly blurrier than another.
@@ -132,8 +134,12 @@ class RefocusOptions:
     confirm_within_um : float or None
         A verification reading (after a move) confirms focus when its
         ``|defocus|`` is at most this (verdict "in_focus"; with
-        ``polish="auto"`` it also skips the polish). ``None``: ``tolerance_um``.
-        A stricter bar trades snaps for fewer false confirmations.
+        ``polish="auto"`` it also skips the polish). ``None``: 0.85 ×
+        ``tolerance_um`` (0.5 µm for the bundled model). A reading just inside
+        the tolerance is about as likely to be just outside it (the refined
+        reading's error near focus is 0.16 µm MAE); a stricter bar trades
+        snaps for fewer false confirmations (``benchmarks/bench_refocus.py
+        --confirm-within-um``; docs/refocus.md).
     min_direction_agreement : float
         Abstain when fewer than this fraction of the model's patches agree
         with the direction of the first prediction (0 disables).
@@ -1053,7 +1059,11 @@ class _Refocus:
         pred, r0 = self._read(image, px)
         dof = self.dof_um = self._dof_um(pred)
         tol = self.tolerance_um = dof / 2 if opts.tolerance_um is None else opts.tolerance_um
-        confirm = tol if opts.confirm_within_um is None else float(opts.confirm_within_um)
+        confirm = (
+            _CONFIRM_FRACTION * tol
+            if opts.confirm_within_um is None
+            else float(opts.confirm_within_um)
+        )
         step = opts.polish_step_um
         self.polish_step_um = dof if step is None else float(step)
         within = 2.0 * dof if opts.polish_within_um is None else float(opts.polish_within_um)
