@@ -16,9 +16,11 @@ the share within DoF/2; for the far set also the same by distance from focus
 |reading| by true |defocus| bin) and how a one-snap focus check would fare:
 for thresholds on the calibrated |reading|, the share of frames it accepts,
 the share of those truly more than DoF/2 off, and the share of truly in-focus
-frames it catches — for the model's top-k median and for the refocus
-controller's default "weighted" verification reading (every content patch,
-weighted by its Brenner sharpness; ``weighted`` rows of the near set). And
+frames it catches — for the model's top-k median, for the "weighted"
+verification reading (every content patch's DPN reading, weighted by its
+Brenner sharpness, calibrated; ``weighted`` rows of the near set) and for the
+refocus controller's default "refined" reading (the model's near-focus refiner,
+``SparseFocusModel.read_near_focus``; ``refined`` rows). And
 ``label_vs_layers``: per kind, how far each field's focus label (the sharpest
 plane of all its content) lies from the mean focus of its depth layers, and
 how strongly the calibrated near-focus error follows that offset (correlation,
@@ -42,7 +44,7 @@ from _results import write_results
 
 from napari_sparsefocus import __version__
 from napari_sparsefocus.core import sharpness_weighted_defocus, simulate_field
-from napari_sparsefocus.hardware._refocus import _WEIGHTED_WITHIN_DOF
+from napari_sparsefocus.hardware._refocus import _CONFIRM_FRACTION, _WEIGHTED_WITHIN_DOF
 
 ROOT = Path(__file__).resolve().parents[1]
 KINDS = ("cell", "tissue")
@@ -101,7 +103,8 @@ def _check(truth: np.ndarray, reading: np.ndarray, tol: float) -> dict[str, Any]
     """How a one-snap focus check at several thresholds on ``|reading|`` would fare."""
     in_focus = np.abs(truth) <= tol
     out: dict[str, Any] = {}
-    for thr in (*THRESHOLDS, round(tol, 3)):
+    # ... and the controller's default bar (confirm_within_um) and the tolerance itself
+    for thr in (*THRESHOLDS, round(_CONFIRM_FRACTION * tol, 3), round(tol, 3)):
         acc = np.abs(reading) <= thr
         out[f"{thr:g}"] = {
             "accepted_pct": round(100.0 * float(acc.mean()), 1),
@@ -288,7 +291,7 @@ def main() -> None:
     ):
         for thr, v in table.items():
             print(
-                f"  {how:12s} calibrated |reading| ≤ {thr} µm: accepts {v['accepted_pct']}%, "
+                f"  {how:12s} |reading| ≤ {thr} µm: accepts {v['accepted_pct']}%, "
                 f"of those {v['accepted_but_off_pct']}% > DoF/2 off, "
                 f"catches {v['in_focus_caught_pct']}% of the in-focus"
             )

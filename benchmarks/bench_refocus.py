@@ -20,8 +20,12 @@ clock of this machine (rendering a frame costs far more here than on a
 camera; prediction is included).
 
 The sites and starts are drawn on each of ``--seeds`` slides (default two:
-0, the slide the controller was tuned on, and 1); every figure is over all of
-them, and ``by_slide`` has each slide's.
+0 and 1, the slides the controller's defaults were chosen on); every figure is
+over all of them, and ``by_slide`` has each slide's. Slides 2 and 3 were left
+out of every choice: ``--seeds 2 3 --out benchmarks/results/refocus_heldout_slides.json``
+checks the defaults on them. ``--confirm-within-um`` sets
+``RefocusOptions.confirm_within_um`` for the SparseFocus runs (default: the
+controller's, 0.85 × DoF/2).
 
 Run: ``nice -n 15 .venv/bin/python benchmarks/bench_refocus.py [--sites 4 --starts 2]``
 Writes benchmarks/results/refocus.json.
