@@ -66,7 +66,7 @@ def test_descriptor_sees_blur_most_at_fine_scales():
     "bad, match",
     [
         (np.zeros((2, 32, 32)), r"\(N, C, H, W\)"),
-        (np.zeros((1, 3, 16, 32)), "at least 18"),
+        (np.zeros((1, 3, 24, 32)), "at least 32"),
         (np.full((1, 3, 32, 32), np.nan), "NaN"),
     ],
 )
@@ -206,6 +206,8 @@ def test_read_near_focus_is_the_sharpness_weighted_mean_of_refined_patches(tmp_p
     # the calibration and the refiner travel together
     assert loaded.with_near_focus_calibration(None).near_focus_refiner is not None
     assert m.with_near_focus_refiner(None).near_focus_refiner is None
+    with pytest.raises(ValueError, match="takes 5 inputs"):
+        model.with_near_focus_refiner(_random_refiner())
     # a file whose refiner entry names tensors it lacks: a clear error naming the file
     cfg["near_focus_refiner"]["layers"] = 4
     (tmp_path / "m.json").write_text(json.dumps(cfg))

@@ -249,10 +249,21 @@ class SparseFocusModel:
         if refiner is not None:
             if not isinstance(refiner, NearFocusRefiner):
                 raise TypeError(f"refiner must be a NearFocusRefiner, got {type(refiner).__name__}")
+            self._check_refiner(refiner)
             cfg["near_focus_refiner"] = refiner.to_config()
         out = SparseFocusModel(self.rin, self.dpn, cfg)
         out.near_focus_refiner = refiner
         return out
+
+    def _check_refiner(self, refiner: NearFocusRefiner) -> None:
+        """Raise ValueError unless `refiner` takes this model's input rows."""
+        probe = np.zeros((1, self.optics.n_channels, 32, 32))
+        n = 3 * patch_sharpness_descriptor(probe).shape[1] + 3
+        if refiner.n_inputs != n:
+            raise ValueError(
+                f"the near-focus refiner takes {refiner.n_inputs} inputs, but this model's "
+                f"{self.optics.n_channels}-channel patches give {n}"
+            )
 
     # ------------------------------------------------------------------ files
     def save(self, path: str | Path) -> tuple[Path, Path]:
@@ -510,9 +521,9 @@ def load_model(path: str | Path | None = None) -> SparseFocusModel:
     try:
         model = SparseFocusModel(modules["rin"], modules["dpn"], cfg)
         if cfg.get("near_focus_refiner") is not None:
-            model.near_focus_refiner = NearFocusRefiner.from_model_file(
-                tensors, cfg["near_focus_refiner"]
-            )
+            refiner = NearFocusRefiner.from_model_file(tensors, cfg["near_focus_refiner"])
+            model._check_refiner(refiner)
+            model.near_focus_refiner = refiner
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
     return model

@@ -73,7 +73,7 @@ def patch_sharpness_descriptor(patches: ArrayLike) -> NDArray[np.float64]:
     ----------
     patches : array_like
         ``(N, C, H, W)`` float patches in [0, 1] (as the DPN sees them), H and W
-        at least 18.
+        at least 32.
 
     Returns
     -------
@@ -94,8 +94,9 @@ def patch_sharpness_descriptor(patches: ArrayLike) -> NDArray[np.float64]:
     x = np.asarray(patches, dtype=np.float64)
     if x.ndim != 4:
         raise ValueError(f"patches must be (N, C, H, W), got shape {x.shape}")
-    if x.shape[2] < 18 or x.shape[3] < 18:
-        raise ValueError(f"patches must be at least 18 x 18 px, got {x.shape[2]} x {x.shape[3]}")
+    if x.shape[2] < 32 or x.shape[3] < 32:
+        # the coarsest scale pools 16 px: at least two pooled rows and columns
+        raise ValueError(f"patches must be at least 32 x 32 px, got {x.shape[2]} x {x.shape[3]}")
     if not np.all(np.isfinite(x)):
         raise ValueError("patches contain NaN or infinite values")
     feats: list[NDArray[np.float64]] = []
