@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from .._aggregate import aggregate, select_patches
+from .._focus_measures import brenner
 from .._optics import Optics
 from ._calibration import NearFocusCalibration
 from ._model_io import load_model_file, save_model_file
@@ -163,18 +164,6 @@ class NearFocusReading:
     dpn_defocus_um: NDArray[np.float64] = field(repr=False)
     weights: NDArray[np.float64] = field(repr=False)
     boxes_px: tuple[tuple[float, float, float, float], ...] = field(repr=False)
-
-
-def _patch_brenner(patches: NDArray[np.float64]) -> NDArray[np.float64]:
-    """Brenner gradient of the BT.601 luma of ``(N, 3, H, W)`` (or ``(N, 1, H, W)``) patches."""
-    if patches.shape[1] >= 3:
-        luma = 0.299 * patches[:, 0] + 0.587 * patches[:, 1] + 0.114 * patches[:, 2]
-    else:
-        luma = patches[:, 0]
-    gy = luma[:, 2:, :] - luma[:, :-2, :]
-    gx = luma[:, :, 2:] - luma[:, :, :-2]
-    out: NDArray[np.float64] = np.mean(gy**2, axis=(1, 2)) + np.mean(gx**2, axis=(1, 2))
-    return out
 
 
 class SparseFocusModel:
@@ -348,7 +337,7 @@ class SparseFocusModel:
             empty = np.zeros(0)
             return np.zeros((0, 0)), empty, empty, ()
         x = patches.double().numpy()
-        w = _patch_brenner(x)
+        w = np.array([brenner(p, channel_axis=0) for p in x])
         imp = np.array([importance[r, c] for r, c in sel.indices], dtype=np.float64)
         boxes = tuple(prep.patch_box_px(int(r), int(c)) for r, c in sel.indices)
         if not w.sum() > 0:  # flat patches: weigh them alike
