@@ -196,9 +196,9 @@ class RefocusOptions:
         right places are reused) and go to the vertex of the parabola through
         the logarithms of the three values around the sharpest one (see
         :func:`iter_refocus`).
-        ``"auto"``: polish only what the model did not confirm — a reading
-        within ``tolerance_um`` (at the start or after a move) ends the
-        refocus as with ``False``; a bracket, a reading within
+        ``"auto"``: polish only what the model did not confirm — a first
+        reading within ``tolerance_um`` or one after a move within
+        ``confirm_within_um`` ends the refocus as with ``False``; a bracket, a reading within
         ``polish_within_um`` or lost content is polished as with ``True``.
     polish_step_um : float or None
         Spacing of the polish samples (µm, > 0). ``None``: one depth of field.
@@ -682,7 +682,8 @@ def iter_refocus(
     within three DoF point at each other (opposite signs, each towards the
     other position), the focus is bracketed: the stage goes to the zero
     crossing of the line through them and stops ("bracketed", no further
-    snap). This repeats until a reading is within ``tolerance_um``
+    snap; never between a refined check and the first snap's coarser
+    reading). This repeats until a check is within ``confirm_within_um``
     ("in_focus"), the focus is bracketed, or ``max_moves`` moves are spent
     ("budget_spent"; with ``return_to_best`` the stage then goes to the best
     position known, see :class:`RefocusOptions`). No target is ever farther
@@ -700,7 +701,8 @@ def iter_refocus(
     sharpest sample and its neighbours. A fit that is not a proper maximum
     falls back to the sharpest sample, a flat (< 5 %) sharpness to the
     centre; :attr:`RefocusResult.polish` records what was done. With
-    ``polish="auto"`` a reading within ``tolerance_um`` is trusted (no
+    ``polish="auto"`` a reading that confirms focus (first snap within
+    ``tolerance_um``, a check within ``confirm_within_um``) is trusted (no
     polish); everything else that would be polished still is.
 
     **Safety.** Every commanded position lies in ``[z_min_um, z_max_um]``
