@@ -20,6 +20,7 @@ from napari_sparsefocus.core.nn import (
     fit_near_focus_refiner,
     load_model,
     patch_sharpness_descriptor,
+    refiner_input_size,
     refiner_inputs,
 )
 
@@ -35,6 +36,7 @@ def test_descriptor_is_log_energy_per_channel_and_scale():
     x = _patches()
     d = patch_sharpness_descriptor(x)
     assert d.shape == (2, N_DESC)
+    assert refiner_input_size(3) == 3 * N_DESC + 3
     # first block: scale 1, vertical then horizontal squared differences, per channel
     gy = np.mean(np.diff(x, axis=2) ** 2, axis=(2, 3))
     gx = np.mean(np.diff(x, axis=3) ** 2, axis=(2, 3))

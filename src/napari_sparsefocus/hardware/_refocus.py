@@ -198,7 +198,8 @@ class RefocusOptions:
         :func:`iter_refocus`).
         ``"auto"``: polish only what the model did not confirm — a first
         reading within ``tolerance_um`` or one after a move within
-        ``confirm_within_um`` ends the refocus as with ``False``; a bracket, a reading within
+        ``confirm_within_um`` ends the refocus as with ``False``; a
+        bracket, a reading within
         ``polish_within_um`` or lost content is polished as with ``True``.
     polish_step_um : float or None
         Spacing of the polish samples (µm, > 0). ``None``: one depth of field.
@@ -895,9 +896,9 @@ class _Refocus:
                 # each refined to its own defocus when the model has a near-focus refiner
                 if self.opts.verification_reading == "refined":
                     refined = self._refined_reading(image, px)
-                weighted = refined if refined is not None else self._weighted_reading(image, px)
-                if weighted is not None:
-                    d = weighted
+                near = refined if refined is not None else self._weighted_reading(image, px)
+                if near is not None:
+                    d = near
             cal = getattr(self.model, "near_focus_calibration", None)
             if refined is not None:
                 # the refiner is itself a near-focus posterior: no calibration on top

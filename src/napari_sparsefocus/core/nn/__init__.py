@@ -34,6 +34,7 @@ from ._refiner import (
     NearFocusRefiner,
     fit_near_focus_refiner,
     patch_sharpness_descriptor,
+    refiner_input_size,
     refiner_inputs,
 )
 from ._registry import NETWORKS, build_network
@@ -72,6 +73,7 @@ __all__ = [
     "load_model_file",
     "patch_sharpness_descriptor",
     "predict_defocus",
+    "refiner_input_size",
     "refiner_inputs",
     "save_model_file",
 ]

@@ -17,7 +17,12 @@ from .._optics import Optics
 from ._calibration import NearFocusCalibration
 from ._model_io import load_model_file, save_model_file
 from ._preprocess import grid_patches, prepare_image, rin_input
-from ._refiner import NearFocusRefiner, patch_sharpness_descriptor, refiner_inputs
+from ._refiner import (
+    NearFocusRefiner,
+    patch_sharpness_descriptor,
+    refiner_input_size,
+    refiner_inputs,
+)
 from ._registry import build_network
 
 if TYPE_CHECKING:
@@ -246,8 +251,7 @@ class SparseFocusModel:
 
     def _check_refiner(self, refiner: NearFocusRefiner) -> None:
         """Raise ValueError unless `refiner` takes this model's input rows."""
-        probe = np.zeros((1, self.optics.n_channels, 32, 32))
-        n = 3 * patch_sharpness_descriptor(probe).shape[1] + 3
+        n = refiner_input_size(self.optics.n_channels)
         if refiner.n_inputs != n:
             raise ValueError(
                 f"the near-focus refiner takes {refiner.n_inputs} inputs, but this model's "

@@ -43,6 +43,7 @@ __all__ = [
     "NearFocusRefiner",
     "fit_near_focus_refiner",
     "patch_sharpness_descriptor",
+    "refiner_input_size",
     "refiner_inputs",
 ]
 
@@ -119,6 +120,12 @@ def patch_sharpness_descriptor(patches: ArrayLike) -> NDArray[np.float64]:
     feats.append(np.log(np.var(x, axis=(2, 3)) + _EPS))
     feats.append(np.mean(x, axis=(2, 3)))
     return np.concatenate(feats, axis=1)
+
+
+def refiner_input_size(n_channels: int) -> int:
+    """Length of a :func:`refiner_inputs` row for patches of `n_channels` colour channels."""
+    per_channel = 2 * len(_GRAD_SCALES) + len(_LAPLACE_SCALES) + 2  # + log variance, mean
+    return 3 * per_channel * int(n_channels) + 3
 
 
 def refiner_inputs(
