@@ -81,7 +81,7 @@ def _sparsefocus(scope, model, pixel_size_um, polish, **options):
     }
 
 
-def _classical(scope, max_snaps):
+def _classical(scope, max_snaps, start_range_um=START_RANGE_UM):
     core = scope.core
     focus = core.getFocusDevice()
 
@@ -99,8 +99,8 @@ def _classical(scope, max_snaps):
         measure="brenner",
         step_um=4.0,
         min_step_um=0.25,
-        z_min_um=z0 - 2 * START_RANGE_UM,
-        z_max_um=z0 + 2 * START_RANGE_UM,
+        z_min_um=z0 - 2 * start_range_um,
+        z_max_um=z0 + 2 * start_range_um,
         max_snaps=max_snaps,
     )
     moves = res.moves
@@ -156,7 +156,7 @@ def _run_slide(scope, model, seed, runs, args) -> None:
             scope.move_to_site(site)
             snap_image(core)  # render the new site once, so neither method pays for it
             for _ in range(args.starts):
-                e0 = float(rng.uniform(-START_RANGE_UM, START_RANGE_UM))
+                e0 = float(rng.uniform(-args.start_range_um, args.start_range_um))
                 where = {
                     "slide": seed,
                     "site": list(site.index),
@@ -167,7 +167,12 @@ def _run_slide(scope, model, seed, runs, args) -> None:
                 for method, polish, tag in SF_CONFIGS:
                     scope.move_to_defocus(e0)
                     sf = _sparsefocus(
-                        scope, model, px, polish, confirm_within_um=args.confirm_within_um
+                        scope,
+                        model,
+                        px,
+                        polish,
+                        confirm_within_um=args.confirm_within_um,
+                        refine_first_snap=not args.no_refine_first_snap,
                     )
                     sf.update(where)
                     runs[cls][method].append(sf)
@@ -177,7 +182,7 @@ def _run_slide(scope, model, seed, runs, args) -> None:
                     )
                 if not args.no_classical:
                     scope.move_to_defocus(e0)
-                    hc = _classical(scope, args.classical_max_snaps)
+                    hc = _classical(scope, args.classical_max_snaps, args.start_range_um)
                     hc.update(where)
                     runs[cls]["hill_climb"].append(hc)
                     line += f"| HC {hc['error_um']:+6.2f} µm {hc['moves']}m {hc['snaps']}s"
@@ -205,6 +210,17 @@ def main() -> None:
         type=float,
         default=None,
         help="RefocusOptions.confirm_within_um (default: the controller's)",
+    )
+    ap.add_argument(
+        "--start-range-um",
+        type=float,
+        default=START_RANGE_UM,
+        help="starts uniform within ± this of the true focus (a small value: a drifted stage)",
+    )
+    ap.add_argument(
+        "--no-refine-first-snap",
+        action="store_true",
+        help="RefocusOptions.refine_first_snap=False (read every first snap by the top-k median)",
     )
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "refocus.json")
     args = ap.parse_args()
@@ -300,6 +316,12 @@ def main() -> None:
             if args.confirm_within_um is not None
             else ""
         )
+        + (
+            f" --start-range-um {args.start_range_um:g}"
+            if args.start_range_um != START_RANGE_UM
+            else ""
+        )
+        + (" --no-refine-first-snap" if args.no_refine_first_snap else "")
     )
     summary = {
         "benchmark": "refocus",
@@ -313,7 +335,8 @@ def main() -> None:
         "model_training": model.config.get("training", {}).get("dpn", {}).get("command"),
         "dof_um": dof,
         "tolerance_um": dof / 2,
-        "start_range_um": START_RANGE_UM,
+        "start_range_um": args.start_range_um,
+        "refine_first_snap": not args.no_refine_first_snap,
         "sensor_px": args.sensor_px,
         "seconds": time.perf_counter() - t0,
         "groups": groups,

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import gc
 import itertools
 import logging
@@ -1017,7 +1018,9 @@ class FlooredFirstModel(FakeModel):
 def test_a_refined_reading_is_not_interpolated_towards_the_first_snaps(microscope):
     scope = microscope
     scope.move_to_defocus(0.5)
-    result = refocus(scope.core, FlooredFirstModel(scope), polish=False)
+    # (the first snap read as the top-k median, as with a model whose refiner is only
+    # used after a move)
+    result = refocus(scope.core, FlooredFirstModel(scope), polish=False, refine_first_snap=False)
     # readings -1.0 (first snap, 0.5 µm up) and +1.2 (after the move, 1.5 µm up) point at
     # each other; the zero crossing of the line through them lies 0.95 µm up. The refined
     # reading is corrected on instead: 1.5 - 1.2 = 0.3 µm up, read 0.24: in focus.
@@ -1046,3 +1049,78 @@ def test_a_verification_confirms_focus_only_within_confirm_within_um(microscope)
     for bad in (0.0, -1.0, float("nan")):
         with pytest.raises(ValueError, match="confirm_within_um"):
             RefocusOptions(confirm_within_um=bad)
+
+
+class NearStartModel(FakeModel):
+    """Top-k reads the truth + 0.8 µm (a floor near focus); the refiner the truth + `bias`."""
+
+    def __init__(self, scope, bias=0.0, agreement=1.0):
+        super().__init__(scope, lambda d, n: d + 0.8)
+        self.bias = bias
+        self.agreement = agreement
+        self.refined_calls = 0
+
+    def predict(self, image, *, pixel_size_um=None):
+        pred = super().predict(image, pixel_size_um=pixel_size_um)
+        return dataclasses.replace(pred, direction_agreement=self.agreement)
+
+    def read_near_focus(self, image, *, pixel_size_um=None):
+        self.refined_calls += 1
+        return types.SimpleNamespace(defocus_um=self.scope.true_defocus_um() + self.bias)
+
+
+def test_a_first_snap_near_focus_is_read_by_the_refiner(microscope):
+    scope = microscope
+    # 0.1 µm up: the top-k median says 0.9 µm (outside the 0.6 µm tolerance), the refiner 0.1
+    scope.move_to_defocus(0.1)
+    model = NearStartModel(scope)
+    result = refocus(scope.core, model, polish=False)
+    assert result.moves == 0 and result.verdict == "in_focus"
+    assert "(refined)" in result.message
+    assert result.readings[0].refined and result.readings[0].defocus_um == pytest.approx(0.1)
+    assert model.refined_calls == 1
+    # without it the top-k reading sends the stage 0.9 µm down, to 0.8 µm below focus
+    scope.move_to_defocus(0.1)
+    model = NearStartModel(scope)
+    old = refocus(scope.core, model, polish=False, max_moves=1, refine_first_snap=False)
+    assert not old.readings[0].refined and old.readings[0].defocus_um == pytest.approx(0.9)
+    assert old.commanded_z_um[0] == pytest.approx(old.start_z_um - 0.9)
+    assert old.readings[1].z_um - scope.true_focus_um() == pytest.approx(-0.8)
+    # a first snap whose top-k reading lies beyond two DoF is not refined
+    scope.move_to_defocus(8.0)
+    model = NearStartModel(scope)
+    far = refocus(scope.core, model, polish=False)
+    assert not far.readings[0].refined
+    assert far.readings[0].defocus_um == pytest.approx(8.8)
+    with pytest.raises(ValueError, match="refine_first_snap"):
+        RefocusOptions(refine_first_snap="yes")
+
+
+def test_a_refined_first_reading_stays_only_well_inside_the_bar(microscope):
+    scope = microscope
+    # refined 0.4 µm: inside the bar (0.85 × 0.6 = 0.51 µm) but not within half of it
+    # (0.255 µm): one trim move of -0.4 µm, then a check reads 0: in focus after 1 move
+    scope.move_to_defocus(0.4)
+    result = refocus(scope.core, NearStartModel(scope), polish=False)
+    assert result.moves == 1 and result.snaps == 2 and result.verdict == "in_focus"
+    assert [r.refined for r in result.readings] == [True, True]
+    assert abs(scope.true_defocus_um()) <= 0.02
+    # 0.2 µm stays
+    scope.move_to_defocus(0.2)
+    result = refocus(scope.core, NearStartModel(scope), polish=False)
+    assert result.moves == 0 and result.verdict == "in_focus"
+
+
+def test_a_refined_first_reading_is_not_gated_on_the_patches_directions(microscope):
+    scope = microscope
+    # near focus half the top-k patches read either side: the top-k gate abstains,
+    # but the refined reading does not rest on their signs
+    scope.move_to_defocus(-1.5)
+    gated = refocus(
+        scope.core, NearStartModel(scope, agreement=0.5), polish=False, refine_first_snap=False
+    )
+    assert gated.verdict == "abstained" and "agree on the direction" in gated.message
+    assert scope.true_defocus_um() == pytest.approx(-1.5)
+    result = refocus(scope.core, NearStartModel(scope, agreement=0.5), polish=False)
+    assert result.verdict == "in_focus" and result.moves == 1
+    assert abs(scope.true_defocus_um()) <= 0.02

@@ -97,6 +97,9 @@ _POLISH_MIN_CONTRAST = 0.05
 #: this many DoF, on the same side of focus, as an under-read first reading.
 _UNDERREAD_GROWTH = 1.5
 _UNDERREAD_DOF = 2.0
+#: A refined *first* reading ends the refocus without a move only within this part of
+#: ``confirm_within_um``; farther, the stage moves by it and a check follows.
+_STAY_FRACTION = 0.5
 #: A verification whose top-k reading is within this many DoF is read "refined" or "weighted".
 _WEIGHTED_WITHIN_DOF = 2.0
 #: Return to best: two readings taken at least ``_AGREE_APART_DOF`` DoF apart whose
@@ -235,6 +238,15 @@ class RefocusOptions:
         sharpness (a second pass with ``k_mode="all"``; models without
         ``k_mode`` fall back to "median"), through the calibration.
         "median": the model's own top-k median, as for the first snap.
+    refine_first_snap : bool
+        With ``verification_reading="refined"``, read the *first* snap with
+        the refiner too when its top-k reading puts it within two depths of
+        field of focus (default). A stage that drifted a little is then
+        judged by the accurate near-focus reading: it stays put ("already in
+        focus") only when ``|defocus| <= 0.5 × confirm_within_um``, else it
+        moves by the refined reading and checks as after any move (a short
+        trim move costs less than a wrong "in focus"). ``False``: the first snap is
+        always read by the top-k median (its floor near focus is about 1 µm).
     """
 
     z_min_um: float | None = None
@@ -264,6 +276,7 @@ class RefocusOptions:
     polish_max_snaps: int = 4
     near_focus_calibration: bool = True
     verification_reading: Literal["refined", "weighted", "median"] = "refined"
+    refine_first_snap: bool = True
 
     def __post_init__(self) -> None:
         for name in (
@@ -342,6 +355,10 @@ class RefocusOptions:
             raise ValueError(
                 f"verification_reading must be one of {VERIFICATION_READINGS}, "
                 f"got {self.verification_reading!r}"
+            )
+        if not isinstance(self.refine_first_snap, (bool, np.bool_)):
+            raise ValueError(
+                f"refine_first_snap must be True or False, got {self.refine_first_snap!r}"
             )
         if self.focus_device is not None and not isinstance(self.focus_device, str):
             raise ValueError(f"focus_device must be a string or None, got {self.focus_device!r}")
@@ -888,6 +905,17 @@ class _Refocus:
             vals = [abs(float(p.defocus_um)) for p in patches]
             mag = float(np.median(vals)) if vals and all(map(math.isfinite, vals)) else abs(d)
             if (
+                not self.readings
+                and self.opts.refine_first_snap
+                and self.opts.verification_reading == "refined"
+                and abs(d) <= _WEIGHTED_WITHIN_DOF * self._dof_um(pred)
+            ):
+                # a first snap near focus (a small drift): the refiner reads it far
+                # better than the top-k median, whose floor there is about 1 µm
+                refined = self._refined_reading(image, px)
+                if refined is not None:
+                    d = refined
+            elif (
                 self.readings
                 and self.opts.verification_reading != "median"
                 and abs(d) <= _WEIGHTED_WITHIN_DOF * self.dof_um
@@ -972,6 +1000,10 @@ class _Refocus:
         weak = _weak_lone_patch(pred, self.opts.min_lone_importance)
         if weak:
             return f"no usable content ({weak})"
+        if reading.refined:
+            # near focus the top-k patches scatter about zero, so their signs and
+            # spread say nothing about confidence; the refined reading is the one used
+            return ""
         agree = getattr(pred, "direction_agreement", 1.0)
         if _is_finite_number(agree) and agree < self.opts.min_direction_agreement:
             return (
@@ -1082,8 +1114,14 @@ class _Refocus:
                 return (yield from self._fallback(why))
             return "abstained", why
         assert r0.defocus_um is not None and r0.magnitude_um is not None
-        if abs(r0.defocus_um) <= tol:
-            message = f"already in focus: |defocus| {abs(r0.defocus_um):.3g} ≤ {tol:.3g} µm"
+        # a refined first reading stays put only when it is well inside the bar: with
+        # the move budget untouched, a short trim move and a check cost little
+        first_bar = _STAY_FRACTION * confirm if r0.refined else tol
+        if abs(r0.defocus_um) <= first_bar:
+            message = (
+                f"already in focus: |defocus| {abs(r0.defocus_um):.3g} ≤ {first_bar:.3g} µm"
+                + (" (refined)" if r0.refined else "")
+            )
             if opts.polish is True:
                 message += "; " + (yield from self._polish(r0.z_um)).describe()
             return "in_focus", message
