@@ -165,6 +165,32 @@ def test_polish_choice_reaches_the_controller(setup, qtbot):
     assert result.polish is None and "polished" not in result.message
 
 
+def test_confirm_bar_reaches_the_controller(setup, qtbot):
+    _, widget, _, _ = setup
+    assert widget.confirm_within_um is None  # the controller's default
+    assert widget.refocus_options().confirm_within_um is None
+    assert widget.confirm_spin.text() == "default (0.85 × DoF/2)"
+    for bad in (0.0, -0.2, 0.004, float("nan"), 11.0):
+        with pytest.raises(ValueError, match="confirm_within_um"):
+            widget.set_confirm_within_um(bad)
+    assert widget.confirm_within_um is None
+    widget.set_confirm_within_um(0.3)
+    assert widget.refocus_options().confirm_within_um == pytest.approx(0.3)
+    widget.set_polish(False)
+    widget.refocus_button.click()
+    qtbot.waitUntil(
+        lambda: widget.log_table.rowCount() == 1 and not widget.busy, timeout=TIMEOUT_MS
+    )
+    [result] = widget.refocus_results
+    # every check before the last read more than the bar; a verified focus, at most it
+    checks = [r.defocus_um for r in result.readings[1:] if r.defocus_um is not None]
+    assert all(abs(d) > 0.3 for d in checks[:-1])
+    if result.verdict == "in_focus" and result.moves:
+        assert abs(checks[-1]) <= 0.3 and "≤ 0.3 µm" in result.message
+    widget.set_confirm_within_um(None)
+    assert widget.refocus_options().confirm_within_um is None
+
+
 def test_refocus_stop_cancels(setup, qtbot, bundled):
     widget = setup[1]
     widget.set_model(SlowModel(bundled.rin, bundled.dpn, bundled.config))

@@ -708,6 +708,18 @@ class MicroscopeWidget(QWidget):
             "(about two more snaps, more precise): always, only when the model's "
             "check snap did not confirm focus, or never (the model alone)"
         )
+        self.confirm_spin = QDoubleSpinBox()
+        self.confirm_spin.setRange(0.0, 10.0)
+        self.confirm_spin.setSingleStep(0.05)
+        self.confirm_spin.setDecimals(2)
+        self.confirm_spin.setSuffix(" µm")
+        # the minimum (0) shows as, and stands for, the controller's default bar
+        self.confirm_spin.setSpecialValueText("default (0.85 × DoF/2)")
+        self.confirm_spin.setValue(0.0)
+        self.confirm_spin.setToolTip(
+            "a check snap confirms focus when the model reads |defocus| within this: "
+            "lower trusts the model less (more snaps, fewer false confirmations)"
+        )
         self.refocus_button = QPushButton("Refocus")
         self.refocus_button.clicked.connect(self.refocus)
         self.stop_button = QPushButton("Stop")
@@ -742,6 +754,7 @@ class MicroscopeWidget(QWidget):
         form.addRow("max move", self.max_move_spin)
         form.addRow("fallback", self.fallback_combo)
         form.addRow("sharpness polish", self.polish_combo)
+        form.addRow("confirm within", self.confirm_spin)
         tab = QWidget()
         layout = QVBoxLayout(tab)
         layout.addLayout(form)
@@ -1440,7 +1453,39 @@ class MicroscopeWidget(QWidget):
             max_move_um=self.max_move_spin.value(),
             fallback=_FALLBACKS[self.fallback_combo.currentText()],
             polish=_POLISH[self.polish_combo.currentText()],
+            confirm_within_um=self.confirm_within_um,
         )
+
+    @property
+    def confirm_within_um(self) -> float | None:
+        """The confirmation bar chosen (µm); ``None``: the controller's default."""
+        v = self.confirm_spin.value()
+        return None if v <= self.confirm_spin.minimum() else float(v)
+
+    def set_confirm_within_um(self, value: float | None) -> None:
+        """Set the bar a check snap's reading must be within to confirm focus.
+
+        Parameters
+        ----------
+        value : float or None
+            µm (at least 0.01, at most the box's maximum); ``None``: the controller's
+            default, 0.85 × DoF/2.
+
+        Raises
+        ------
+        ValueError
+            For a value that is not a finite number in (0, maximum].
+        """
+        if value is None:
+            self.confirm_spin.setValue(self.confirm_spin.minimum())
+            return
+        v = float(value)
+        if not (math.isfinite(v) and 0.0 < round(v, 2) and v <= self.confirm_spin.maximum()):
+            raise ValueError(
+                f"confirm_within_um must be in (0, {self.confirm_spin.maximum():g}] µm "
+                f"or None, got {value!r}"
+            )
+        self.confirm_spin.setValue(v)
 
     def set_fallback(self, fallback: str) -> None:
         """Choose the fallback: ``"none"`` or ``"hill_climb"`` (``"hill-climb"``)."""
