@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
+import types
 
 import numpy as np
 import pytest
@@ -361,3 +363,56 @@ def test_bad_arguments(microscope):
             FocusLock(core, fake, **bad)
     with pytest.raises(ValueError, match="predict"):
         FocusLock(core, object(), deadband_um=1.0)
+
+
+class RefinedLockModel(FakeModel):
+    """Top-k reads the truth + 0.8 µm with half the patches either side (as near focus),
+    calibrated to + 1.0 µm; the near-focus refiner reads the truth + 0.05 µm."""
+
+    near_focus_calibration = NearFocusCalibration((-50.0, 50.0), (-49.8, 50.2))
+
+    def __init__(self, scope):
+        super().__init__(scope, lambda d: d + 0.8)
+        self.refined_calls = 0
+
+    def predict(self, image, *, pixel_size_um=None):
+        pred = super().predict(image, pixel_size_um=pixel_size_um)
+        return dataclasses.replace(pred, direction_agreement=0.5)
+
+    def read_near_focus(self, image, *, pixel_size_um=None):
+        self.refined_calls += 1
+        return types.SimpleNamespace(defocus_um=self.scope.true_defocus_um() + 0.05)
+
+
+def test_the_lock_reads_frames_near_focus_with_the_refiner(microscope):
+    core = microscope.core
+    model = RefinedLockModel(microscope)
+    lock = FocusLock(core, model, every_n_frames=1, min_interval_s=0.0, clock=FakeClock(1.0))
+    # the refined reading is steady enough for a dead band of DoF/4 (DoF/2 without it)
+    assert lock.deadband_um == pytest.approx(1.2 / 4)
+    microscope.move_to_defocus(0.6)
+    lock.start()
+    events, _ = feed(lock, core, 3)
+    # 0.6 µm up: top-k 1.4 µm (within 2 DoF) → refined 0.65, not calibrated, not gated on
+    # the patches' split directions: one correction of -0.65 µm, then locked
+    assert events[0].defocus_um == pytest.approx(0.65)
+    assert events[0].move_um == pytest.approx(-0.65)
+    assert microscope.true_defocus_um() == pytest.approx(-0.05)
+    assert lock.state is FocusLockState.LOCKED and model.refined_calls == 3
+    # beyond 2 DoF the calibrated top-k reading is used (and gated on the directions)
+    microscope.move_to_defocus(5.0)
+    events, _ = feed(lock, core, 1)
+    assert events[0].defocus_um == pytest.approx(6.0) and events[0].move_um == 0.0
+    assert "agree on the direction" in events[0].message and model.refined_calls == 3
+    # refined_reading=False: the calibrated top-k reading everywhere, dead band DoF/2
+    microscope.move_to_defocus(0.6)
+    plain = FocusLock(core, model, every_n_frames=1, min_interval_s=0.0, refined_reading=False)
+    assert plain.deadband_um == pytest.approx(0.6)
+    plain.start()
+    events, _ = feed(plain, core, 1)
+    assert events[0].defocus_um == pytest.approx(1.6) and events[0].move_um == 0.0
+    assert model.refined_calls == 3
+    # a model without a refiner keeps the wider band
+    assert FocusLock(core, FakeModel(microscope, lambda d: d)).deadband_um == pytest.approx(0.6)
+    with pytest.raises(ValueError, match="refined_reading"):
+        FocusLock(core, model, refined_reading="yes")

@@ -114,8 +114,9 @@ class FocusLock:
     every_n_frames : int
         Analyse one frame in this many (>= 1): the first one fed, then every Nth.
     deadband_um : float, optional
-        No correction while ``|defocus|`` is at most this. ``None``: half the
-        depth of field of the model's optics.
+        No correction while ``|defocus|`` is at most this. ``None``: a quarter
+        of the depth of field of the model's optics when frames are read with
+        its near-focus refiner (``refined_reading``), else half of it.
     max_step_um : float
         Largest single correction (µm, > 0).
     min_interval_s : float
@@ -148,6 +149,14 @@ class FocusLock:
         when it has one (default): a locked stage is near focus, where the raw
         reading has a floor (the bundled model reads about -1 µm in focus,
         outside the default dead band); the map is the identity beyond a few µm.
+    refined_reading : bool
+        Read a frame whose top-k reading lies within two depths of field of
+        focus with the model's near-focus refiner (``model.read_near_focus``,
+        when it has one; default), as the refocus controller reads its check
+        snaps: uncalibrated, and not gated on the top-k patches' directions
+        (near focus they scatter about zero). It costs a second pass of the
+        networks over the analysed frame. ``False``: the calibrated top-k
+        reading only.
 
     Notes
     -----
@@ -179,6 +188,7 @@ class FocusLock:
         history_len: int = 1000,
         clock: Callable[[], float] = time.monotonic,
         near_focus_calibration: bool = True,
+        refined_reading: bool = True,
     ) -> None:
         for name, n in (
             ("every_n_frames", every_n_frames),
@@ -219,12 +229,20 @@ class FocusLock:
         if not callable(getattr(self.model, "predict", None)):
             raise ValueError(f"model must have a predict() method, got {type(model).__name__}")
         self.every_n_frames = int(every_n_frames)
+        dof: Any = getattr(getattr(self.model, "optics", None), "dof_um", None)
+        self._dof_um = float(dof) if _is_finite_number(dof) and dof > 0 else None
+        if not isinstance(refined_reading, (bool, np.bool_)):
+            raise ValueError(f"refined_reading must be True or False, got {refined_reading!r}")
+        read = getattr(self.model, "read_near_focus", None)
+        self._read_near_focus = read if refined_reading and callable(read) else None
         if deadband_um is None:
-            dof: Any = getattr(getattr(self.model, "optics", None), "dof_um", None)
-            if not (_is_finite_number(dof) and dof > 0):
+            if self._dof_um is None:
                 raise ValueError("cannot tell the model's depth of field: pass deadband_um")
-            deadband_um = float(dof) / 2
+            # the refined reading is steady enough for a band half as wide (see refined_reading)
+            deadband_um = self._dof_um / (4 if self._read_near_focus is not None else 2)
         self.deadband_um = float(deadband_um)
+        # the refiner's range: two depths of field (or of the dead band, without optics)
+        self._refine_within_um = 2.0 * (self._dof_um or 2.0 * self.deadband_um)
         self.max_step_um = float(max_step_um)
         self.min_interval_s = float(min_interval_s)
         self.z_min_um = z_min_um
@@ -348,8 +366,18 @@ class FocusLock:
         try:
             z = float(self.core.getPosition(self._focus))
             rgb = frame_to_rgb(image)
-            pred = self.model.predict(rgb, pixel_size_um=self._pixel_size())
-            return self._decide(pred, z, now)
+            px = self._pixel_size()
+            pred = self.model.predict(rgb, pixel_size_um=px)
+            refined = None
+            d = getattr(pred, "defocus_um", None)
+            if (
+                self._read_near_focus is not None
+                and _is_finite_number(d)
+                and abs(float(d)) <= self._refine_within_um
+            ):
+                near = getattr(self._read_near_focus(rgb, pixel_size_um=px), "defocus_um", None)
+                refined = float(near) if _is_finite_number(near) else None
+            return self._decide(pred, z, now, refined)
         except Exception as exc:
             log.exception("focus lock stopped by an error")
             self._state = FocusLockState.ERROR
@@ -361,7 +389,9 @@ class FocusLock:
             px = float(self.core.getPixelSizeUm())
         return px if px and px > 0 else None
 
-    def _decide(self, pred: Any, z: float, now: float) -> FocusLockEvent:
+    def _decide(
+        self, pred: Any, z: float, now: float, refined: float | None = None
+    ) -> FocusLockEvent:
         d = getattr(pred, "defocus_um", None)
         weak = _weak_lone_patch(pred, self.min_lone_importance) if d is not None else ""
         if d is None or not _is_finite_number(d) or weak:
@@ -375,13 +405,16 @@ class FocusLock:
                 what = "no usable content" if d is None else f"non-finite prediction {d!r}"
             return self._record(now, z, None, 0.0, f"{what}: holding still")
         d = float(d)
-        if self._calibration is not None:
+        if refined is not None:
+            # near focus: the refiner's reading, as it is (see ``refined_reading``)
+            d = refined
+        elif self._calibration is not None:
             # a locked stage is near focus, where the raw reading has a floor of about
             # 1 µm; the model's near-focus map is the identity beyond a few µm
             d = float(self._calibration.apply([d])[0])
         self._empties = 0
         agree = getattr(pred, "direction_agreement", 1.0)
-        if _is_finite_number(agree) and agree < self.min_direction_agreement:
+        if refined is None and _is_finite_number(agree) and agree < self.min_direction_agreement:
             self._state = FocusLockState.HOLDING
             self._last_abs_um = None
             return self._record(
