@@ -368,14 +368,15 @@ class FocusLock:
             rgb = frame_to_rgb(image)
             px = self._pixel_size()
             pred = self.model.predict(rgb, pixel_size_um=px)
-            refined = None
-            d = getattr(pred, "defocus_um", None)
+            refined: float | None = None
+            d: Any = getattr(pred, "defocus_um", None)
             if (
                 self._read_near_focus is not None
                 and _is_finite_number(d)
                 and abs(float(d)) <= self._refine_within_um
             ):
-                near = getattr(self._read_near_focus(rgb, pixel_size_um=px), "defocus_um", None)
+                out = self._read_near_focus(rgb, pixel_size_um=px)
+                near: Any = getattr(out, "defocus_um", None)
                 refined = float(near) if _is_finite_number(near) else None
             return self._decide(pred, z, now, refined)
         except Exception as exc:
