@@ -1033,7 +1033,7 @@ def test_a_verification_confirms_focus_only_within_confirm_within_um(microscope)
     scope = microscope
 
     # first reading: the truth; after the move every reading says 0.55 µm (inside the
-    # 0.6 µm tolerance of a 1.2 µm DoF, outside the default bar 0.85 × 0.6 = 0.51 µm)
+    # 0.6 µm tolerance of a 1.2 µm DoF, outside the default bar 0.75 × 0.6 = 0.45 µm)
     def rule(d, n):
         return d if n == 1 else 0.55
 
@@ -1098,8 +1098,8 @@ def test_a_first_snap_near_focus_is_read_by_the_refiner(microscope):
 
 def test_a_refined_first_reading_stays_only_well_inside_the_bar(microscope):
     scope = microscope
-    # refined 0.4 µm: inside the bar (0.85 × 0.6 = 0.51 µm) but not within half of it
-    # (0.255 µm): one trim move of -0.4 µm, then a check reads 0: in focus after 1 move
+    # refined 0.4 µm: inside the bar (0.75 × 0.6 = 0.45 µm) but not within half of it
+    # (0.225 µm): one trim move of -0.4 µm, then a check reads 0: in focus after 1 move
     scope.move_to_defocus(0.4)
     result = refocus(scope.core, NearStartModel(scope), polish=False)
     assert result.moves == 1 and result.snaps == 2 and result.verdict == "in_focus"

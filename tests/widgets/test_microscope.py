@@ -169,7 +169,7 @@ def test_confirm_bar_reaches_the_controller(setup, qtbot):
     _, widget, _, _ = setup
     assert widget.confirm_within_um is None  # the controller's default
     assert widget.refocus_options().confirm_within_um is None
-    assert widget.confirm_spin.text() == "default (0.85 × DoF/2)"
+    assert widget.confirm_spin.text() == "default (0.75 × DoF/2)"
     for bad in (0.0, -0.2, 0.004, float("nan"), 11.0):
         with pytest.raises(ValueError, match="confirm_within_um"):
             widget.set_confirm_within_um(bad)

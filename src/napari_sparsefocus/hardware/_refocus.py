@@ -74,7 +74,7 @@ POLISH_METHODS = ("parabola", "best_sample", "flat")
 VERIFICATION_READINGS = ("refined", "weighted", "median")
 
 #: Default ``confirm_within_um`` as a fraction of ``tolerance_um``.
-_CONFIRM_FRACTION = 0.85
+_CONFIRM_FRACTION = 0.75
 #: A move of at least this many depths of field towards focus must sharpen the content.
 _SHARPEN_CHECK_DOF = 2.0
 #: Content sharpness ratio below which an image counts as clearly blurrier than another.
@@ -137,11 +137,12 @@ class RefocusOptions:
     confirm_within_um : float or None
         A verification reading (after a move) confirms focus when its
         ``|defocus|`` is at most this (verdict "in_focus"; with
-        ``polish="auto"`` it also skips the polish). ``None``: 0.85 ×
-        ``tolerance_um`` (0.5 µm for the bundled model). A reading just inside
+        ``polish="auto"`` it also skips the polish). ``None``: 0.75 ×
+        ``tolerance_um`` (0.44 µm for the bundled model). A reading just inside
         the tolerance is about as likely to be just outside it (the refined
-        reading's error near focus is 0.16 µm MAE); a stricter bar trades
-        snaps for fewer false confirmations (``benchmarks/bench_refocus.py
+        reading's error near focus is 0.16 µm MAE, much of it a bias that
+        stays with a field's content); a stricter bar trades snaps and moves
+        for fewer false confirmations (``benchmarks/bench_refocus.py
         --confirm-within-um``; docs/refocus.md).
     min_direction_agreement : float
         Abstain when fewer than this fraction of the model's patches agree

@@ -714,7 +714,7 @@ class MicroscopeWidget(QWidget):
         self.confirm_spin.setDecimals(2)
         self.confirm_spin.setSuffix(" µm")
         # the minimum (0) shows as, and stands for, the controller's default bar
-        self.confirm_spin.setSpecialValueText("default (0.85 × DoF/2)")
+        self.confirm_spin.setSpecialValueText("default (0.75 × DoF/2)")
         self.confirm_spin.setValue(0.0)
         self.confirm_spin.setToolTip(
             "a check snap confirms focus when the model reads |defocus| within this: "
@@ -1469,7 +1469,7 @@ class MicroscopeWidget(QWidget):
         ----------
         value : float or None
             µm (at least 0.01, at most the box's maximum); ``None``: the controller's
-            default, 0.85 × DoF/2.
+            default, 0.75 × DoF/2.
 
         Raises
         ------
