@@ -1109,6 +1109,21 @@ def test_a_refined_first_reading_stays_only_well_inside_the_bar(microscope):
     scope.move_to_defocus(0.2)
     result = refocus(scope.core, NearStartModel(scope), polish=False)
     assert result.moves == 0 and result.verdict == "in_focus"
+    # a reading resting on one patch (a lone speck of debris near focus reads like
+    # this) stays within the tolerance: an empty field does not trim
+    scope.move_to_defocus(0.4)
+    result = refocus(scope.core, LonePatchNearStartModel(scope), polish=False)
+    assert result.moves == 0 and result.verdict == "in_focus" and result.readings[0].refined
+    assert scope.true_defocus_um() == pytest.approx(0.4)
+
+
+class LonePatchNearStartModel(NearStartModel):
+    """A :class:`NearStartModel` whose prediction rests on one patch (importance 0.95)."""
+
+    def predict(self, image, *, pixel_size_um=None):
+        pred = super().predict(image, pixel_size_um=pixel_size_um)
+        patch = PatchPrediction(0, 0, 0.95, pred.defocus_um, (0.0, 0.0, 224.0, 224.0))
+        return dataclasses.replace(pred, patches=(patch,))
 
 
 def test_a_refined_first_reading_is_not_gated_on_the_patches_directions(microscope):

@@ -246,7 +246,9 @@ class RefocusOptions:
         judged by the accurate near-focus reading: it stays put ("already in
         focus") only when ``|defocus| <= 0.5 × confirm_within_um``, else it
         moves by the refined reading and checks as after any move (a short
-        trim move costs less than a wrong "in focus"). ``False``: the first snap is
+        trim move costs less than a wrong "in focus"); a reading that rests on
+        a single patch (a lone cell, or a speck of debris on an empty field)
+        stays within ``tolerance_um`` as before. ``False``: the first snap is
         always read by the top-k median (its floor near focus is about 1 µm).
     """
 
@@ -1117,7 +1119,10 @@ class _Refocus:
         assert r0.defocus_um is not None and r0.magnitude_um is not None
         # a refined first reading stays put only when it is well inside the bar: with
         # the move budget untouched, a short trim move and a check cost little
-        first_bar = _STAY_FRACTION * confirm if r0.refined else tol
+        # (not on a reading that rests on one patch: a lone speck of debris near focus
+        # would otherwise make an empty field trim; one patch stays within the tolerance)
+        lone = len(tuple(getattr(pred, "patches", ()) or ())) == 1
+        first_bar = _STAY_FRACTION * confirm if r0.refined and not lone else tol
         if abs(r0.defocus_um) <= first_bar:
             message = (
                 f"already in focus: |defocus| {abs(r0.defocus_um):.3g} ≤ {first_bar:.3g} µm"
