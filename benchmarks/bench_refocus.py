@@ -21,11 +21,15 @@ camera; prediction is included).
 
 The sites and starts are drawn on each of ``--seeds`` slides (default two:
 0 and 1, the slides the controller's defaults were chosen on); every figure is
-over all of them, and ``by_slide`` has each slide's. Slides 2 and 3 were left
-out of every choice: ``--seeds 2 3 --out benchmarks/results/refocus_heldout_slides.json``
-checks the defaults on them. ``--confirm-within-um`` sets
-``RefocusOptions.confirm_within_um`` for the SparseFocus runs (default: the
-controller's, 0.85 × DoF/2).
+over all of them, and ``by_slide`` has each slide's. Slides 2-7
+(``--seeds 2 3 4 5 6 7 --no-classical --out benchmarks/results/refocus_heldout_slides.json``)
+and 16-21 (``... --out benchmarks/results/refocus_fresh_slides.json``) check the
+defaults elsewhere (docs/refocus.md says which choices each set informed).
+``--confirm-within-um`` sets ``RefocusOptions.confirm_within_um`` for the
+SparseFocus runs (default: the controller's, 0.75 × DoF/2);
+``--start-range-um 3`` starts near focus (a stage that drifted a little;
+``benchmarks/results/refocus_drift.json``), and ``--no-refine-first-snap`` sets
+``RefocusOptions.refine_first_snap=False``.
 
 Run: ``nice -n 15 .venv/bin/python benchmarks/bench_refocus.py [--sites 4 --starts 2]``
 Writes benchmarks/results/refocus.json.
