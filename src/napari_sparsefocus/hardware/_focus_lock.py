@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ._camera import frame_to_rgb
-from ._refocus import _default_model, _is_finite_number, _weak_lone_patch
+from ._refocus import _default_model, _is_finite_number, _read_refined, _weak_lone_patch
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -233,13 +233,14 @@ class FocusLock:
         self._dof_um = float(dof) if _is_finite_number(dof) and dof > 0 else None
         if not isinstance(refined_reading, (bool, np.bool_)):
             raise ValueError(f"refined_reading must be True or False, got {refined_reading!r}")
-        read = getattr(self.model, "read_near_focus", None)
-        self._read_near_focus = read if refined_reading and callable(read) else None
+        self._refined = bool(refined_reading) and callable(
+            getattr(self.model, "read_near_focus", None)
+        )
         if deadband_um is None:
             if self._dof_um is None:
                 raise ValueError("cannot tell the model's depth of field: pass deadband_um")
             # the refined reading is steady enough for a band half as wide (see refined_reading)
-            deadband_um = self._dof_um / (4 if self._read_near_focus is not None else 2)
+            deadband_um = self._dof_um / (4 if self._refined else 2)
         self.deadband_um = float(deadband_um)
         # the refiner's range: two depths of field (or of the dead band, without optics)
         self._refine_within_um = 2.0 * (self._dof_um or 2.0 * self.deadband_um)
@@ -370,14 +371,8 @@ class FocusLock:
             pred = self.model.predict(rgb, pixel_size_um=px)
             refined: float | None = None
             d: Any = getattr(pred, "defocus_um", None)
-            if (
-                self._read_near_focus is not None
-                and _is_finite_number(d)
-                and abs(float(d)) <= self._refine_within_um
-            ):
-                out = self._read_near_focus(rgb, pixel_size_um=px)
-                near: Any = getattr(out, "defocus_um", None)
-                refined = float(near) if _is_finite_number(near) else None
+            if self._refined and _is_finite_number(d) and abs(float(d)) <= self._refine_within_um:
+                refined = _read_refined(self.model, rgb, px)
             return self._decide(pred, z, now, refined)
         except Exception as exc:
             log.exception("focus lock stopped by an error")

@@ -606,6 +606,15 @@ def _weak_lone_patch(pred: Any, min_importance: float) -> str:
 _DEFAULT_MODEL: list[Any] = []
 
 
+def _read_refined(model: Any, image: Any, pixel_size_um: float | None) -> float | None:
+    """Return ``model``'s near-focus refiner reading (None: it has none, or no content)."""
+    read = getattr(model, "read_near_focus", None)
+    if not callable(read):
+        return None
+    d: Any = getattr(read(image, pixel_size_um=pixel_size_um), "defocus_um", None)
+    return float(d) if _is_finite_number(d) else None
+
+
 def _default_model() -> Any:
     """Return the bundled SparseFocus model, loaded once per process."""
     if not _DEFAULT_MODEL:
@@ -907,26 +916,20 @@ class _Refocus:
         if d is not None:
             vals = [abs(float(p.defocus_um)) for p in patches]
             mag = float(np.median(vals)) if vals and all(map(math.isfinite, vals)) else abs(d)
-            if (
-                not self.readings
-                and self.opts.refine_first_snap
-                and self.opts.verification_reading == "refined"
-                and abs(d) <= _WEIGHTED_WITHIN_DOF * self._dof_um(pred)
-            ):
+            first = not self.readings
+            dof = self._dof_um(pred) if first else self.dof_um
+            near_focus = abs(d) <= _WEIGHTED_WITHIN_DOF * dof
+            if first and near_focus and self.opts.refine_first_snap:
                 # a first snap near focus (a small drift): the refiner reads it far
                 # better than the top-k median, whose floor there is about 1 µm
-                refined = self._refined_reading(image, px)
-                if refined is not None:
-                    d = refined
-            elif (
-                self.readings
-                and self.opts.verification_reading != "median"
-                and abs(d) <= _WEIGHTED_WITHIN_DOF * self.dof_um
-            ):
+                if self.opts.verification_reading == "refined":
+                    refined = _read_refined(self.model, image, px)
+                    d = d if refined is None else refined
+            elif not first and near_focus and self.opts.verification_reading != "median":
                 # a verification near focus: every content patch, weighted by sharpness,
                 # each refined to its own defocus when the model has a near-focus refiner
                 if self.opts.verification_reading == "refined":
-                    refined = self._refined_reading(image, px)
+                    refined = _read_refined(self.model, image, px)
                 near = refined if refined is not None else self._weighted_reading(image, px)
                 if near is not None:
                     d = near
@@ -949,15 +952,6 @@ class _Refocus:
         self.readings.append(reading)
         self.images.append(image)
         return pred, reading
-
-    def _refined_reading(self, image: NDArray[Any], px: float | None) -> float | None:
-        """Return the model's near-focus refiner reading (None: it has none, or no content)."""
-        read = getattr(self.model, "read_near_focus", None)
-        if read is None:
-            return None
-        out = read(image, pixel_size_um=px)
-        d = getattr(out, "defocus_um", None)
-        return float(d) if d is not None and _is_finite_number(d) else None
 
     def _weighted_reading(self, image: NDArray[Any], px: float | None) -> float | None:
         """Sharpness-weighted mean prediction of every content patch (None: not available)."""
