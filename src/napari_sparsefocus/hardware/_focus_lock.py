@@ -371,7 +371,13 @@ class FocusLock:
             pred = self.model.predict(rgb, pixel_size_um=px)
             refined: float | None = None
             d: Any = getattr(pred, "defocus_um", None)
-            if self._refined and _is_finite_number(d) and abs(float(d)) <= self._refine_within_um:
+            if (
+                self._refined
+                and _is_finite_number(d)
+                and abs(float(d)) <= self._refine_within_um
+                and not _weak_lone_patch(pred, self.min_lone_importance)
+            ):
+                # (not for a frame _decide will hold on anyway: the pass is the costly part)
                 refined = _read_refined(self.model, rgb, px)
             return self._decide(pred, z, now, refined)
         except Exception as exc:

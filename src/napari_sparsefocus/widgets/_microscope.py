@@ -58,6 +58,7 @@ from napari_sparsefocus.core._overlay import (
     summary_text,
 )
 from napari_sparsefocus.hardware._camera import frame_to_rgb
+from napari_sparsefocus.hardware._refocus import _CONFIRM_FRACTION
 
 from ._analysis import HEATMAP_LAYER, PATCHES_LAYER
 from ._overlay_layers import show_prediction_layers as _show_layers
@@ -714,7 +715,7 @@ class MicroscopeWidget(QWidget):
         self.confirm_spin.setDecimals(2)
         self.confirm_spin.setSuffix(" µm")
         # the minimum (0) shows as, and stands for, the controller's default bar
-        self.confirm_spin.setSpecialValueText("default (0.75 × DoF/2)")
+        self.confirm_spin.setSpecialValueText(f"default ({_CONFIRM_FRACTION:g} × DoF/2)")
         self.confirm_spin.setValue(0.0)
         self.confirm_spin.setToolTip(
             "a check snap confirms focus when the model reads |defocus| within this: "
