@@ -59,6 +59,7 @@ from napari_sparsefocus.hardware._camera import snap_image
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ("dense", "sparse", "extremely_sparse", "empty")
 START_RANGE_UM = 25.0
+DEFAULT_OUT = ROOT / "benchmarks" / "results" / "refocus.json"
 #: SparseFocus configurations: (method, ``polish`` option, tag in the progress lines).
 SF_CONFIGS = (
     ("sparsefocus", False, "SF"),
@@ -122,6 +123,14 @@ def _classical(scope, max_snaps, start_range_um=START_RANGE_UM):
         "sim_s": scope.sim_time_s - t_sim,
         "wall_s": time.perf_counter() - t_wall,
     }
+
+
+def _display_path(path: Path) -> str:
+    """``path`` relative to the repository when it lies inside it (for the command line)."""
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
 
 
 def _summary(runs, dof_um):
@@ -237,7 +246,7 @@ def main() -> None:
         default=[m for m, _, _ in SF_CONFIGS],
         help="SparseFocus configurations to run (default: all three)",
     )
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "refocus.json")
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -338,6 +347,7 @@ def main() -> None:
         )
         + (" --no-refine-first-snap" if args.no_refine_first_snap else "")
         + (f" --configs {' '.join(args.configs)}" if len(args.configs) < len(SF_CONFIGS) else "")
+        + (f" --out {_display_path(args.out)}" if args.out != DEFAULT_OUT else "")
     )
     summary = {
         "benchmark": "refocus",
