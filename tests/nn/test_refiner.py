@@ -215,3 +215,47 @@ def test_read_near_focus_is_the_sharpness_weighted_mean_of_refined_patches(tmp_p
     (tmp_path / "m.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match=r"m.*near_focus_refiner\.3\.weight"):
         load_model(tmp_path / "m")
+
+
+def test_descriptor_pools_each_scale_from_the_last_as_pooling_it_directly():
+    from napari_sparsefocus.core.nn._refiner import _pool, _pyramid
+
+    x = np.random.default_rng(3).uniform(size=(2, 3, 37, 45))  # odd sizes: remainders dropped
+    levels = _pyramid(x, (1, 2, 4, 8, 16))
+    for s, level in levels.items():
+        assert level.shape == (2, 3, 37 // s, 45 // s)
+        np.testing.assert_allclose(level, _pool(x, s), rtol=1e-12, atol=1e-15)
+
+
+def test_predict_and_read_near_focus_matches_the_two_calls_and_reads_patches_once():
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 256, size=(672, 672, 3), dtype=np.uint8)  # a 3 x 3 grid
+    model = _tiny_model()
+    rows, _, _, _ = model.near_focus_inputs(img)
+    m = model.with_near_focus_refiner(_random_refiner(n_in=rows.shape[1], seed=4))
+    read = []
+    hook = m.dpn.register_forward_hook(lambda mod, args, out: read.append(len(args[0])))
+    try:
+        pred, reading = m.predict_and_read_near_focus(img)
+        assert sum(read) == 9  # every content patch read once: the top k, then the rest
+        read.clear()
+        alone, alone_reading = m.predict(img), m.read_near_focus(img)
+        assert sum(read) == pred.k + 9
+        assert 0 < pred.k < 9  # the shared pass had patches left to read after the top k
+        read.clear()
+        seen = []
+        far, none = m.predict_and_read_near_focus(img, near_focus=lambda p: seen.append(p) or False)
+        assert none is None and sum(read) == pred.k  # not wanted: only the top k are read
+        assert seen == [far]
+    finally:
+        hook.remove()
+    assert pred.defocus_um == pytest.approx(alone.defocus_um, abs=1e-6)
+    assert [(p.row, p.col) for p in pred.patches] == [(p.row, p.col) for p in alone.patches]
+    assert far.defocus_um == pytest.approx(alone.defocus_um, abs=1e-6)
+    assert reading is not None and alone_reading is not None
+    assert reading.defocus_um == pytest.approx(alone_reading.defocus_um, abs=1e-6)
+    assert reading.boxes_px == alone_reading.boxes_px
+    np.testing.assert_allclose(reading.patch_defocus_um, alone_reading.patch_defocus_um, atol=1e-6)
+    np.testing.assert_allclose(reading.weights, alone_reading.weights, rtol=1e-9)
+    # without a refiner there is nothing to read
+    assert model.predict_and_read_near_focus(img)[1] is None

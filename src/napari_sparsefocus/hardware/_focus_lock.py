@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ._camera import frame_to_rgb
-from ._refocus import _default_model, _is_finite_number, _read_refined, _weak_lone_patch
+from ._refocus import _default_model, _is_finite_number, _predict_refined, _weak_lone_patch
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -368,22 +368,26 @@ class FocusLock:
             z = float(self.core.getPosition(self._focus))
             rgb = frame_to_rgb(image)
             px = self._pixel_size()
-            pred = self.model.predict(rgb, pixel_size_um=px)
-            refined: float | None = None
-            d: Any = getattr(pred, "defocus_um", None)
-            if (
-                self._refined
-                and _is_finite_number(d)
-                and abs(float(d)) <= self._refine_within_um
-                and not _weak_lone_patch(pred, self.min_lone_importance)
-            ):
-                # (not for a frame _decide will hold on anyway: the pass is the costly part)
-                refined = _read_refined(self.model, rgb, px)
+            pred, refined = _predict_refined(self.model, rgb, px, self._wants_refined)
             return self._decide(pred, z, now, refined)
         except Exception as exc:
             log.exception("focus lock stopped by an error")
             self._state = FocusLockState.ERROR
             return self._record(now, z, None, 0.0, f"error: {type(exc).__name__}: {exc}")
+
+    def _wants_refined(self, pred: Any) -> bool:
+        """Whether to read the frame with the refiner too (the costly part of a frame).
+
+        Not for a frame :meth:`_decide` will hold on anyway (no finite reading,
+        or a weak lone patch), nor beyond the refiner's range.
+        """
+        d: Any = getattr(pred, "defocus_um", None)
+        return (
+            self._refined
+            and _is_finite_number(d)
+            and abs(float(d)) <= self._refine_within_um
+            and not _weak_lone_patch(pred, self.min_lone_importance)
+        )
 
     def _pixel_size(self) -> float | None:
         px = self.pixel_size_um

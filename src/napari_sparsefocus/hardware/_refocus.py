@@ -615,6 +615,23 @@ def _read_refined(model: Any, image: Any, pixel_size_um: float | None) -> float 
     return float(d) if _is_finite_number(d) else None
 
 
+def _predict_refined(
+    model: Any, image: Any, pixel_size_um: float | None, wanted: Callable[[Any], bool]
+) -> tuple[Any, float | None]:
+    """Predict, and read with the near-focus refiner where ``wanted(prediction)`` says so.
+
+    A model with ``predict_and_read_near_focus`` does both in one pass (the RIN
+    and the DPN run once); any other model is asked twice.
+    """
+    both = getattr(model, "predict_and_read_near_focus", None)
+    if callable(both) and callable(getattr(model, "read_near_focus", None)):
+        pred, reading = both(image, pixel_size_um=pixel_size_um, near_focus=wanted)
+        d: Any = getattr(reading, "defocus_um", None)
+        return pred, (float(d) if _is_finite_number(d) else None)
+    pred = model.predict(image, pixel_size_um=pixel_size_um)
+    return pred, (_read_refined(model, image, pixel_size_um) if wanted(pred) else None)
+
+
 def _default_model() -> Any:
     """Return the bundled SparseFocus model, loaded once per process."""
     if not _DEFAULT_MODEL:
@@ -905,31 +922,42 @@ class _Refocus:
             px = float(self.core.getPixelSizeUm())
         return px if px and px > 0 else None
 
+    def _near_focus(self, pred: Any) -> bool:
+        """Whether ``pred`` (finite) lies near enough to focus for a near-focus reading."""
+        d: Any = getattr(pred, "defocus_um", None)
+        if not _is_finite_number(d):
+            return False
+        dof = self._dof_um(pred) if not self.readings else self.dof_um
+        return abs(float(d)) <= _WEIGHTED_WITHIN_DOF * dof
+
+    def _wants_refined(self, pred: Any) -> bool:
+        """Whether to read this snap with the near-focus refiner (see :meth:`_read`)."""
+        if self.opts.verification_reading != "refined":
+            return False
+        if not self.readings and not self.opts.refine_first_snap:
+            return False
+        return self._near_focus(pred)
+
     def _read(self, image: NDArray[Any], px: float | None) -> tuple[Any, RefocusReading]:
-        pred = self.model.predict(image, pixel_size_um=px)
+        pred, refined = _predict_refined(self.model, image, px, self._wants_refined)
         self.predictions.append(pred)
         d = getattr(pred, "defocus_um", None)
         d = float(d) if d is not None and _is_finite_number(d) else None
         patches = tuple(getattr(pred, "patches", ()) or ())
         mag: float | None = None
-        refined: float | None = None
-        if d is not None:
+        if d is None:
+            refined = None
+        else:
             vals = [abs(float(p.defocus_um)) for p in patches]
             mag = float(np.median(vals)) if vals and all(map(math.isfinite, vals)) else abs(d)
             first = not self.readings
-            dof = self._dof_um(pred) if first else self.dof_um
-            near_focus = abs(d) <= _WEIGHTED_WITHIN_DOF * dof
-            if first and near_focus and self.opts.refine_first_snap:
+            if first:
                 # a first snap near focus (a small drift): the refiner reads it far
                 # better than the top-k median, whose floor there is about 1 µm
-                if self.opts.verification_reading == "refined":
-                    refined = _read_refined(self.model, image, px)
-                    d = d if refined is None else refined
-            elif not first and near_focus and self.opts.verification_reading != "median":
+                d = d if refined is None else refined
+            elif self.opts.verification_reading != "median" and self._near_focus(pred):
                 # a verification near focus: every content patch, weighted by sharpness,
                 # each refined to its own defocus when the model has a near-focus refiner
-                if self.opts.verification_reading == "refined":
-                    refined = _read_refined(self.model, image, px)
                 near = refined if refined is not None else self._weighted_reading(image, px)
                 if near is not None:
                     d = near

@@ -26,7 +26,7 @@ from ._refiner import (
 from ._registry import build_network
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator
+    from collections.abc import Callable, Iterable, Iterator
 
     from numpy.typing import ArrayLike, NDArray
     from torch import nn
@@ -277,16 +277,10 @@ class SparseFocusModel:
         return paths
 
     # ------------------------------------------------------------ prediction
-    def _forward(
-        self,
-        image: ArrayLike,
-        *,
-        pixel_size_um: float | None,
-        k_mode: str,
-        k: int | None,
-        threshold: float | None,
-    ) -> tuple[Any, NDArray[np.float32], Any, torch.Tensor, NDArray[np.float64]]:
-        """Prepare, score (RIN), select and read (DPN): the steps every prediction shares."""
+    def _score(
+        self, image: ArrayLike, pixel_size_um: float | None
+    ) -> tuple[Any, NDArray[np.float32]]:
+        """Prepare a frame and score its grid with the RIN: ``(prepared, importance)``."""
         prep = prepare_image(
             image,
             model_pixel_size_um=self.optics.pixel_size_um,
@@ -298,15 +292,104 @@ class SparseFocusModel:
         importance = torch.sigmoid(logits)[0].numpy().astype(np.float32)  # (gy, gx)
         if importance.shape != prep.grid:
             raise RuntimeError(f"RIN returned a {importance.shape} grid for a {prep.grid} crop")
+        return prep, importance
+
+    def _read_patches(self, prep: Any, indices: Any) -> tuple[torch.Tensor, NDArray[np.float64]]:
+        """Cut the ``(row, col)`` grid cells out of a prepared frame and read them (DPN)."""
+        patches = grid_patches(prep, indices)
+        d = self.dpn(patches).reshape(-1).numpy().astype(float) if len(patches) else np.zeros(0)
+        return patches, d
+
+    def _forward(
+        self,
+        image: ArrayLike,
+        *,
+        pixel_size_um: float | None,
+        k_mode: str,
+        k: int | None,
+        threshold: float | None,
+    ) -> tuple[Any, NDArray[np.float32], Any, torch.Tensor, NDArray[np.float64]]:
+        """Prepare, score (RIN), select and read (DPN): the steps every prediction shares."""
+        prep, importance = self._score(image, pixel_size_um)
         sel = select_patches(
             importance,
             threshold=self.threshold if threshold is None else threshold,
             k_mode=k_mode,
             k=k,
         )
-        patches = grid_patches(prep, sel.indices)
-        d = self.dpn(patches).reshape(-1).numpy().astype(float) if len(patches) else np.zeros(0)
+        patches, d = self._read_patches(prep, sel.indices)
         return prep, importance, sel, patches, d
+
+    def _prediction(
+        self, prep: Any, importance: NDArray[np.float32], sel: Any, d: NDArray[np.float64]
+    ) -> DefocusPrediction:
+        """Aggregate the selected patches' readings into a :class:`DefocusPrediction`."""
+        agg = aggregate(d, dof_um=self.optics.dof_um)
+        gy, gx = prep.grid
+        y0, x0, _, _ = prep.patch_box_px(0, 0)
+        _, _, y1, x1 = prep.patch_box_px(gy - 1, gx - 1)
+        return DefocusPrediction(
+            defocus_um=agg.defocus_um,
+            spread_um=agg.spread_um,
+            direction_agreement=agg.direction_agreement,
+            sparsity=sel.sparsity,
+            verdict=agg.verdict,
+            reason="; ".join(r for r in (sel.rule, agg.reason) if r),
+            importance=importance,
+            patches=tuple(
+                PatchPrediction(
+                    row=int(r),
+                    col=int(c),
+                    importance=float(importance[r, c]),
+                    defocus_um=float(v),
+                    box_px=prep.patch_box_px(int(r), int(c)),
+                )
+                for (r, c), v in zip(sel.indices, d, strict=True)
+            ),
+            crop_box_px=(y0, x0, y1, x1),
+            dof_um=self.optics.dof_um,
+        )
+
+    def _near_focus_rows(
+        self,
+        prep: Any,
+        importance: NDArray[np.float32],
+        sel: Any,
+        patches: torch.Tensor,
+        d: NDArray[np.float64],
+    ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64], tuple[Any, ...]]:
+        """Build the refiner's input rows of read patches (see :meth:`near_focus_inputs`)."""
+        if not len(patches):
+            empty = np.zeros(0)
+            return np.zeros((0, 0)), empty, empty, ()
+        x = patches.double().numpy()
+        w = np.array([brenner(p, channel_axis=0) for p in x])
+        imp = np.array([importance[r, c] for r, c in sel.indices], dtype=np.float64)
+        boxes = tuple(prep.patch_box_px(int(r), int(c)) for r, c in sel.indices)
+        if not w.sum() > 0:  # flat patches: weigh them alike
+            w = np.ones_like(w)
+        rows = refiner_inputs(patch_sharpness_descriptor(x), d, imp, w)
+        return rows, d, w, boxes
+
+    def _near_focus_reading(
+        self,
+        rows: NDArray[np.float64],
+        d: NDArray[np.float64],
+        w: NDArray[np.float64],
+        boxes: tuple[Any, ...],
+    ) -> NearFocusReading | None:
+        """Refine every content patch and average them (None: no refiner or no patch)."""
+        if self.near_focus_refiner is None or not len(d):
+            return None
+        refined = self.near_focus_refiner.predict(rows)
+        share = w / w.sum()
+        return NearFocusReading(
+            defocus_um=float(np.dot(share, refined)),
+            patch_defocus_um=refined,
+            dpn_defocus_um=d,
+            weights=share,
+            boxes_px=boxes,
+        )
 
     @torch.no_grad()
     def near_focus_inputs(
@@ -337,17 +420,7 @@ class SparseFocusModel:
         prep, importance, sel, patches, d = self._forward(
             image, pixel_size_um=pixel_size_um, k_mode="all", k=None, threshold=None
         )
-        if not len(patches):
-            empty = np.zeros(0)
-            return np.zeros((0, 0)), empty, empty, ()
-        x = patches.double().numpy()
-        w = np.array([brenner(p, channel_axis=0) for p in x])
-        imp = np.array([importance[r, c] for r, c in sel.indices], dtype=np.float64)
-        boxes = tuple(prep.patch_box_px(int(r), int(c)) for r, c in sel.indices)
-        if not w.sum() > 0:  # flat patches: weigh them alike
-            w = np.ones_like(w)
-        rows = refiner_inputs(patch_sharpness_descriptor(x), d, imp, w)
-        return rows, d, w, boxes
+        return self._near_focus_rows(prep, importance, sel, patches, d)
 
     def read_near_focus(
         self, image: ArrayLike, *, pixel_size_um: float | None = None
@@ -374,18 +447,65 @@ class SparseFocusModel:
         """
         if self.near_focus_refiner is None:
             return None
-        rows, d, w, boxes = self.near_focus_inputs(image, pixel_size_um=pixel_size_um)
-        if not len(d):
-            return None
-        refined = self.near_focus_refiner.predict(rows)
-        share = w / w.sum()
-        return NearFocusReading(
-            defocus_um=float(np.dot(share, refined)),
-            patch_defocus_um=refined,
-            dpn_defocus_um=d,
-            weights=share,
-            boxes_px=boxes,
+        return self._near_focus_reading(*self.near_focus_inputs(image, pixel_size_um=pixel_size_um))
+
+    @torch.no_grad()
+    def predict_and_read_near_focus(
+        self,
+        image: ArrayLike,
+        *,
+        pixel_size_um: float | None = None,
+        near_focus: bool | Callable[[DefocusPrediction], bool] = True,
+    ) -> tuple[DefocusPrediction, NearFocusReading | None]:
+        """:meth:`predict` and, where wanted, :meth:`read_near_focus` in one pass.
+
+        The frame is prepared and scored by the RIN once, and the DPN reads
+        each content patch once: the top-k patches for the prediction, then
+        (only when the refined reading is wanted) the other content patches.
+        The results are those of the two separate calls, for little more than
+        the cost of the second.
+
+        Parameters
+        ----------
+        image : array_like
+            One camera frame (as :meth:`predict`).
+        pixel_size_um : float, optional
+            Its sample pixel size (µm); default: the model's.
+        near_focus : bool or callable
+            Whether to read the frame with the near-focus refiner too; a
+            callable gets the prediction and decides (e.g. only when it says
+            the frame is near focus, so a frame far off costs one prediction).
+
+        Returns
+        -------
+        prediction : DefocusPrediction
+            As :meth:`predict` with its defaults (``k_mode="auto"``).
+        reading : NearFocusReading or None
+            As :meth:`read_near_focus`; None when not wanted, without a
+            refiner, or without a content patch.
+        """
+        prep, importance = self._score(image, pixel_size_um)
+        sel = select_patches(importance, threshold=self.threshold, k_mode="auto")
+        top, d_top = self._read_patches(prep, sel.indices)
+        pred = self._prediction(prep, importance, sel, d_top)
+        wanted = near_focus(pred) if callable(near_focus) else bool(near_focus)
+        if not wanted or self.near_focus_refiner is None:
+            return pred, None
+        every = select_patches(importance, threshold=self.threshold, k_mode="all")
+        # "auto" takes the first k of the same importance order as "all"
+        # (so the top-k read ones come first; the rest are read now, and all put in that order)
+        cells = [(int(r), int(c)) for r, c in every.indices]
+        slot = {(int(r), int(c)): i for i, (r, c) in enumerate(sel.indices)}
+        rest = [i for i, cell in enumerate(cells) if cell not in slot]
+        slot.update({cells[i]: len(sel.indices) + j for j, i in enumerate(rest)})
+        more, d_more = self._read_patches(prep, every.indices[rest])
+        order = [slot[cell] for cell in cells]
+        patches = torch.cat([top, more])[order] if len(more) else top[order]
+        d = np.concatenate([d_top, d_more])[order]
+        reading = self._near_focus_reading(
+            *self._near_focus_rows(prep, importance, every, patches, d)
         )
+        return pred, reading
 
     @torch.no_grad()
     def predict(
@@ -401,31 +521,7 @@ class SparseFocusModel:
         prep, importance, sel, _, d = self._forward(
             image, pixel_size_um=pixel_size_um, k_mode=k_mode, k=k, threshold=threshold
         )
-        agg = aggregate(d, dof_um=self.optics.dof_um)
-        gy, gx = prep.grid
-        y0, x0, _, _ = prep.patch_box_px(0, 0)
-        _, _, y1, x1 = prep.patch_box_px(gy - 1, gx - 1)
-        return DefocusPrediction(
-            defocus_um=agg.defocus_um,
-            spread_um=agg.spread_um,
-            direction_agreement=agg.direction_agreement,
-            sparsity=sel.sparsity,
-            verdict=agg.verdict,
-            reason="; ".join(r for r in (sel.rule, agg.reason) if r),
-            importance=importance,
-            patches=tuple(
-                PatchPrediction(
-                    row=int(r),
-                    col=int(c),
-                    importance=float(importance[r, c]),
-                    defocus_um=float(v),
-                    box_px=prep.patch_box_px(int(r), int(c)),
-                )
-                for (r, c), v in zip(sel.indices, d, strict=True)
-            ),
-            crop_box_px=(y0, x0, y1, x1),
-            dof_um=self.optics.dof_um,
-        )
+        return self._prediction(prep, importance, sel, d)
 
 
 def _network_spec(net: nn.Module) -> dict[str, Any]:

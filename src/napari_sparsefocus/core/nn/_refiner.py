@@ -67,6 +67,37 @@ def _pool(x: NDArray[np.float64], s: int) -> NDArray[np.float64]:
     return out
 
 
+def _halve(x: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Average-pool ``(N, C, H, W)`` by 2 (as ``_pool(x, 2)``, by strided sums: faster)."""
+    h, w = x.shape[2] // 2 * 2, x.shape[3] // 2 * 2
+    even, odd = x[:, :, 0:h:2], x[:, :, 1:h:2]
+    out: NDArray[np.float64] = (
+        even[..., 0:w:2] + odd[..., 0:w:2] + even[..., 1:w:2] + odd[..., 1:w:2]
+    ) * 0.25
+    return out
+
+
+def _mean_square(a: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Mean of ``a**2`` over the last two axes of ``(N, C, H, W)`` (no squared copy)."""
+    out: NDArray[np.float64] = np.einsum("ncij,ncij->nc", a, a) / (a.shape[2] * a.shape[3])
+    return out
+
+
+def _pyramid(x: NDArray[np.float64], scales: Sequence[int]) -> dict[int, NDArray[np.float64]]:
+    """``{s: _pool(x, s)}`` for power-of-two ``scales``, each level halved from the last.
+
+    Pooling by 2 ``j`` times keeps the same ``H // 2**j`` rows and columns as
+    pooling once by ``2**j`` (the same pixels, averaged in another order), at
+    about a third of the cost of pooling every scale from the full patches.
+    """
+    out = {1: x}
+    level, s = x, 1
+    while s < max(scales):
+        level, s = _halve(level), 2 * s
+        out[s] = level
+    return {k: out[k] for k in scales}
+
+
 def patch_sharpness_descriptor(patches: ArrayLike) -> NDArray[np.float64]:
     """Per-channel, multi-scale log sharpness of image patches.
 
@@ -101,14 +132,15 @@ def patch_sharpness_descriptor(patches: ArrayLike) -> NDArray[np.float64]:
     if not np.all(np.isfinite(x)):
         raise ValueError("patches contain NaN or infinite values")
     feats: list[NDArray[np.float64]] = []
+    levels = _pyramid(x, sorted({*_GRAD_SCALES, *_LAPLACE_SCALES}))
     for s in _GRAD_SCALES:
-        xs = _pool(x, s)
+        xs = levels[s]
         gy = np.diff(xs, axis=2)
         gx = np.diff(xs, axis=3)
-        feats.append(np.log(np.mean(gy**2, axis=(2, 3)) + _EPS))
-        feats.append(np.log(np.mean(gx**2, axis=(2, 3)) + _EPS))
+        feats.append(np.log(_mean_square(gy) + _EPS))
+        feats.append(np.log(_mean_square(gx) + _EPS))
     for s in _LAPLACE_SCALES:
-        xs = _pool(x, s)
+        xs = levels[s]
         lap = (
             4.0 * xs[:, :, 1:-1, 1:-1]
             - xs[:, :, :-2, 1:-1]
@@ -116,7 +148,7 @@ def patch_sharpness_descriptor(patches: ArrayLike) -> NDArray[np.float64]:
             - xs[:, :, 1:-1, :-2]
             - xs[:, :, 1:-1, 2:]
         )
-        feats.append(np.log(np.mean(lap**2, axis=(2, 3)) + _EPS))
+        feats.append(np.log(_mean_square(lap) + _EPS))
     feats.append(np.log(np.var(x, axis=(2, 3)) + _EPS))
     feats.append(np.mean(x, axis=(2, 3)))
     return np.concatenate(feats, axis=1)
