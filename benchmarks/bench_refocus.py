@@ -32,6 +32,10 @@ SparseFocus runs (default: the controller's, 0.75 × DoF/2);
 ``RefocusOptions.refine_first_snap=False``. ``--configs sparsefocus_auto`` runs only
 the named SparseFocus configurations (``targets`` then judges the default one
 only when it ran; ``targets_by_configuration`` has each run one's).
+``--fallback hill_climb`` sets ``RefocusOptions.fallback`` for the SparseFocus
+runs: where the model abstains (no usable content, a weak lone patch) the
+classical hill climb searches instead, and goes back to the start if it finds no
+peak (``benchmarks/results/refocus_fallback.json``).
 
 Run: ``nice -n 15 .venv/bin/python benchmarks/bench_refocus.py [--sites 4 --starts 2]``
 Writes benchmarks/results/refocus.json.
@@ -190,6 +194,7 @@ def _run_slide(scope, model, seed, runs, args) -> None:
                         polish,
                         confirm_within_um=args.confirm_within_um,
                         refine_first_snap=not args.no_refine_first_snap,
+                        fallback=args.fallback,
                     )
                     sf.update(where)
                     runs[cls][method].append(sf)
@@ -238,6 +243,12 @@ def main() -> None:
         "--no-refine-first-snap",
         action="store_true",
         help="RefocusOptions.refine_first_snap=False (read every first snap by the top-k median)",
+    )
+    ap.add_argument(
+        "--fallback",
+        choices=("none", "hill_climb"),
+        default="none",
+        help="RefocusOptions.fallback of the SparseFocus runs (default: none, abstain)",
     )
     ap.add_argument(
         "--configs",
@@ -346,6 +357,7 @@ def main() -> None:
             else ""
         )
         + (" --no-refine-first-snap" if args.no_refine_first_snap else "")
+        + (f" --fallback {args.fallback}" if args.fallback != "none" else "")
         + (f" --configs {' '.join(args.configs)}" if len(args.configs) < len(SF_CONFIGS) else "")
         + (f" --out {_display_path(args.out)}" if args.out != DEFAULT_OUT else "")
     )
@@ -363,6 +375,7 @@ def main() -> None:
         "tolerance_um": dof / 2,
         "start_range_um": args.start_range_um,
         "refine_first_snap": not args.no_refine_first_snap,
+        "fallback": args.fallback,
         "sensor_px": args.sensor_px,
         "seconds": time.perf_counter() - t0,
         "groups": groups,

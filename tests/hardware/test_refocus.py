@@ -1051,6 +1051,50 @@ def test_a_verification_confirms_focus_only_within_confirm_within_um(microscope)
             RefocusOptions(confirm_within_um=bad)
 
 
+class SplitRefinedModel(FakeModel):
+    """Top-k reads the truth; the refiner's weighted mean reads the truth + 0.3 µm while
+    its patches read the truth + ``patch_offsets`` (their median: the truth + 0.7 µm by
+    default: a few sharp patches near zero carry the mean against most of the content)."""
+
+    def __init__(self, scope, patch_offsets=(-0.2, 0.7, 0.7, 0.8, 0.9)):
+        super().__init__(scope, lambda d, n: d)
+        self.patch_offsets = np.asarray(patch_offsets, dtype=float)
+
+    def read_near_focus(self, image, *, pixel_size_um=None):
+        d = self.scope.true_defocus_um()
+        return types.SimpleNamespace(defocus_um=d + 0.3, patch_defocus_um=d + self.patch_offsets)
+
+
+def test_auto_trusts_a_refined_check_only_when_its_patch_median_agrees(microscope):
+    scope = microscope
+    # after the move (exactly to focus) the check reads +0.3 µm, inside the bar (0.45 µm);
+    # its patches' median, +0.7 µm, lies beyond 0.85 × 0.6 = 0.51 µm: "auto" polishes
+    scope.move_to_defocus(6.0)
+    disputed = refocus(scope.core, SplitRefinedModel(scope), polish="auto")
+    assert disputed.readings[1].refined
+    assert disputed.readings[1].defocus_um == pytest.approx(0.3, abs=0.02)
+    assert disputed.readings[1].refined_median_um == pytest.approx(0.7, abs=0.02)
+    assert disputed.polish is not None and disputed.moves > 1
+    assert "patch median +0.7" in disputed.message
+    assert disputed.verdict == "in_focus" and abs(scope.true_defocus_um()) <= 0.6
+    # patches that agree with the mean: trusted after one move, as before
+    scope.move_to_defocus(6.0)
+    agreed = refocus(scope.core, SplitRefinedModel(scope, (0.1, 0.3, 0.3, 0.4)), polish="auto")
+    assert agreed.polish is None and agreed.moves == 1 and agreed.verdict == "in_focus"
+    assert agreed.readings[1].refined_median_um == pytest.approx(0.3, abs=0.02)
+    # a looser median bar trusts the split check; polish=False has nothing better either
+    for options in ({"polish": "auto", "confirm_median_within_um": 0.8}, {"polish": False}):
+        scope.move_to_defocus(6.0)
+        trusted = refocus(scope.core, SplitRefinedModel(scope), **options)
+        assert trusted.polish is None and trusted.moves == 1, options
+        assert trusted.verdict == "in_focus" and "patch median" not in trusted.message
+    # the first (unrefined) reading carries no median
+    assert disputed.readings[0].refined_median_um is None
+    for bad in (0.0, -0.5, float("inf"), "0.5"):
+        with pytest.raises(ValueError, match="confirm_median_within_um"):
+            RefocusOptions(confirm_median_within_um=bad)
+
+
 class NearStartModel(FakeModel):
     """Top-k reads the truth + 0.8 µm (a floor near focus); the refiner the truth + `bias`."""
 

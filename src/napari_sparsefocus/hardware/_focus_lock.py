@@ -368,7 +368,7 @@ class FocusLock:
             z = float(self.core.getPosition(self._focus))
             rgb = frame_to_rgb(image)
             px = self._pixel_size()
-            pred, refined = _predict_refined(self.model, rgb, px, self._wants_refined)
+            pred, refined, _ = _predict_refined(self.model, rgb, px, self._wants_refined)
             return self._decide(pred, z, now, refined)
         except Exception as exc:
             log.exception("focus lock stopped by an error")

@@ -75,6 +75,8 @@ VERIFICATION_READINGS = ("refined", "weighted", "median")
 
 #: Default ``confirm_within_um`` as a fraction of ``tolerance_um``.
 _CONFIRM_FRACTION = 0.75
+#: Default ``confirm_median_within_um`` as a fraction of ``tolerance_um``.
+_CONFIRM_MEDIAN_FRACTION = 0.85
 #: A move of at least this many depths of field towards focus must sharpen the content.
 _SHARPEN_CHECK_DOF = 2.0
 #: Content sharpness ratio below which an image counts as clearly blurrier than another.
@@ -144,6 +146,16 @@ class RefocusOptions:
         stays with a field's content); a stricter bar trades snaps and moves
         for fewer false confirmations (``benchmarks/bench_refocus.py
         --confirm-within-um``; docs/refocus.md).
+    confirm_median_within_um : float or None
+        With ``polish="auto"``, a check read by the near-focus refiner skips
+        the polish only if the plain median of its patches' refined readings
+        is within this too (the reading itself is their sharpness-weighted
+        mean). Where the two disagree — a few sharp patches pull the mean
+        towards zero while most of the content reads farther off — the check
+        is polished instead of trusted. ``None``: 0.85 × ``tolerance_um``
+        (0.50 µm for the bundled model). ``polish=True`` polishes every check
+        anyway; ``polish=False`` has nothing better than the mean, so both
+        ignore it.
     min_direction_agreement : float
         Abstain when fewer than this fraction of the model's patches agree
         with the direction of the first prediction (0 disables).
@@ -260,6 +272,7 @@ class RefocusOptions:
     verify: bool = True
     tolerance_um: float | None = None
     confirm_within_um: float | None = None
+    confirm_median_within_um: float | None = None
     min_direction_agreement: float = 0.6
     max_spread_um: float | None = None
     max_spread_fraction: float = 1.0
@@ -314,6 +327,9 @@ class RefocusOptions:
             _is_finite_number(self.confirm_within_um) and self.confirm_within_um > 0
         ):
             raise ValueError(f"confirm_within_um must be > 0, got {self.confirm_within_um}")
+        v = self.confirm_median_within_um
+        if v is not None and not (_is_finite_number(v) and v > 0):
+            raise ValueError(f"confirm_median_within_um must be > 0, got {v!r}")
         if self.max_spread_um is not None and self.max_spread_um < 0:
             raise ValueError(f"max_spread_um must be >= 0, got {self.max_spread_um}")
         if self.pixel_size_um is not None and self.pixel_size_um < 0:
@@ -398,6 +414,9 @@ class RefocusReading:
     refined : bool
         True when ``defocus_um`` is the model's near-focus refiner reading
         (``verification_reading="refined"``).
+    refined_median_um : float or None
+        With ``refined``, the plain median of the patches' refined readings
+        (``defocus_um`` is their sharpness-weighted mean); else ``None``.
     """
 
     z_um: float
@@ -405,6 +424,7 @@ class RefocusReading:
     magnitude_um: float | None
     sharpness: float
     refined: bool = False
+    refined_median_um: float | None = None
 
     @property
     def usable(self) -> bool:
@@ -606,30 +626,48 @@ def _weak_lone_patch(pred: Any, min_importance: float) -> str:
 _DEFAULT_MODEL: list[Any] = []
 
 
-def _read_refined(model: Any, image: Any, pixel_size_um: float | None) -> float | None:
-    """Return ``model``'s near-focus refiner reading (None: it has none, or no content)."""
+def _refined_values(reading: Any) -> tuple[float | None, float | None]:
+    """``(weighted mean, patch median)`` of a near-focus reading (None where not finite)."""
+    d: Any = getattr(reading, "defocus_um", None)
+    if not _is_finite_number(d):
+        return None, None
+    med: float | None = None
+    patches: Any = getattr(reading, "patch_defocus_um", None)
+    if patches is not None:
+        vals = np.asarray(patches, dtype=float).reshape(-1)
+        if len(vals) and np.all(np.isfinite(vals)):
+            med = float(np.median(vals))
+    return float(d), med
+
+
+def _read_refined(
+    model: Any, image: Any, pixel_size_um: float | None
+) -> tuple[float | None, float | None]:
+    """``model``'s near-focus refiner reading and its patch median (None: none, no content)."""
     read = getattr(model, "read_near_focus", None)
     if not callable(read):
-        return None
-    d: Any = getattr(read(image, pixel_size_um=pixel_size_um), "defocus_um", None)
-    return float(d) if _is_finite_number(d) else None
+        return None, None
+    return _refined_values(read(image, pixel_size_um=pixel_size_um))
 
 
 def _predict_refined(
     model: Any, image: Any, pixel_size_um: float | None, wanted: Callable[[Any], bool]
-) -> tuple[Any, float | None]:
+) -> tuple[Any, float | None, float | None]:
     """Predict, and read with the near-focus refiner where ``wanted(prediction)`` says so.
 
-    A model with ``predict_and_read_near_focus`` does both in one pass (the RIN
-    and the DPN run once); any other model is asked twice.
+    Returns the prediction, the refined reading (the patches' sharpness-weighted
+    mean) and the median of the patches' refined readings (both None when not
+    read). A model with ``predict_and_read_near_focus`` does both in one pass
+    (the RIN and the DPN run once); any other model is asked twice.
     """
     both = getattr(model, "predict_and_read_near_focus", None)
     if callable(both) and callable(getattr(model, "read_near_focus", None)):
         pred, reading = both(image, pixel_size_um=pixel_size_um, near_focus=wanted)
-        d: Any = getattr(reading, "defocus_um", None)
-        return pred, (float(d) if _is_finite_number(d) else None)
+        return (pred, *_refined_values(reading))
     pred = model.predict(image, pixel_size_um=pixel_size_um)
-    return pred, (_read_refined(model, image, pixel_size_um) if wanted(pred) else None)
+    if not wanted(pred):
+        return pred, None, None
+    return (pred, *_read_refined(model, image, pixel_size_um))
 
 
 def _default_model() -> Any:
@@ -939,7 +977,7 @@ class _Refocus:
         return self._near_focus(pred)
 
     def _read(self, image: NDArray[Any], px: float | None) -> tuple[Any, RefocusReading]:
-        pred, refined = _predict_refined(self.model, image, px, self._wants_refined)
+        pred, refined, refined_median = _predict_refined(self.model, image, px, self._wants_refined)
         self.predictions.append(pred)
         d = getattr(pred, "defocus_um", None)
         d = float(d) if d is not None and _is_finite_number(d) else None
@@ -975,7 +1013,12 @@ class _Refocus:
                 pred, image.shape[:2], getattr(self.model, "threshold", None)
             )
         reading = RefocusReading(
-            self.z_um, d, mag, _sharpness(image, self.boxes), refined=refined is not None
+            self.z_um,
+            d,
+            mag,
+            _sharpness(image, self.boxes),
+            refined=refined is not None,
+            refined_median_um=refined_median if refined is not None else None,
         )
         self.readings.append(reading)
         self.images.append(image)
@@ -1128,6 +1171,11 @@ class _Refocus:
             if opts.confirm_within_um is None
             else float(opts.confirm_within_um)
         )
+        confirm_median = (
+            _CONFIRM_MEDIAN_FRACTION * tol
+            if opts.confirm_median_within_um is None
+            else float(opts.confirm_median_within_um)
+        )
         step = opts.polish_step_um
         self.polish_step_um = dof if step is None else float(step)
         within = 2.0 * dof if opts.polish_within_um is None else float(opts.polish_within_um)
@@ -1176,6 +1224,7 @@ class _Refocus:
             pred, last = self._read(image, px)
             yield self._step("snap", _describe(last), pred, image)
             self._narrow(last)
+            disputed = ""  # set when "auto" declines to trust a confirming reading
             if self._wrong_direction(prev, last, m, dof):
                 target = self._inside(self._behind(prev, last, m))
             elif last.defocus_um is None:
@@ -1188,7 +1237,9 @@ class _Refocus:
                     verdict = "in_focus" if polished.method == "parabola" else "unconfirmed"
                     return verdict, f"{lost}, but the content got sharper; {polished.describe()}"
                 return (yield from self._finish("unconfirmed", lost))
-            elif abs(last.defocus_um) <= confirm:
+            elif abs(last.defocus_um) <= confirm and not (
+                disputed := self._disputed(last, confirm_median)
+            ):
                 message = (
                     f"verified: |defocus| {abs(last.defocus_um):.3g} ≤ {confirm:.3g} µm "
                     f"after {self.moves} move(s)"
@@ -1210,7 +1261,9 @@ class _Refocus:
                 polished = yield from self._polish(self._choose_sign(last))
                 verdict = "in_focus" if polished.method == "parabola" else "unconfirmed"
                 return verdict, (
-                    f"the model put the focus within {within:.3g} µm ({_describe(last)}); "
+                    f"the model put the focus within {within:.3g} µm ({_describe(last)}"
+                    + (f"; {disputed}" if disputed else "")
+                    + "); "
                     + polished.describe()
                 )
             else:
@@ -1226,6 +1279,19 @@ class _Refocus:
                 )
 
     # ------------------------------------------------------------------ rules
+    def _disputed(self, r: RefocusReading, bar_um: float) -> str:
+        """Say why "auto" does not trust a confirming refined reading ('' if it does).
+
+        The refined reading is the sharpness-weighted mean of the patches' own
+        defocus; when their plain median lies beyond ``bar_um``, a few sharp
+        patches carry the confirmation against most of the content.
+        """
+        if self.opts.polish != "auto" or not r.refined or r.refined_median_um is None:
+            return ""
+        if abs(r.refined_median_um) <= bar_um:
+            return ""
+        return f"patch median {r.refined_median_um:+.3g} µm beyond {bar_um:.3g} µm"
+
     def _narrow(self, last: RefocusReading) -> None:
         """Shrink the focus interval with clear sharpness differences to earlier snaps.
 
