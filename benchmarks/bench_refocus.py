@@ -57,7 +57,7 @@ from _results import write_results
 from napari_sparsefocus import __version__
 from napari_sparsefocus.core import hill_climb
 from napari_sparsefocus.core.nn import load_model
-from napari_sparsefocus.hardware import load_simulated_microscope, refocus
+from napari_sparsefocus.hardware import FALLBACKS, load_simulated_microscope, refocus
 from napari_sparsefocus.hardware._camera import snap_image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -246,7 +246,7 @@ def main() -> None:
     )
     ap.add_argument(
         "--fallback",
-        choices=("none", "hill_climb"),
+        choices=FALLBACKS,
         default="none",
         help="RefocusOptions.fallback of the SparseFocus runs (default: none, abstain)",
     )

@@ -640,16 +640,6 @@ def _refined_values(reading: Any) -> tuple[float | None, float | None]:
     return float(d), med
 
 
-def _read_refined(
-    model: Any, image: Any, pixel_size_um: float | None
-) -> tuple[float | None, float | None]:
-    """``model``'s near-focus refiner reading and its patch median (None: none, no content)."""
-    read = getattr(model, "read_near_focus", None)
-    if not callable(read):
-        return None, None
-    return _refined_values(read(image, pixel_size_um=pixel_size_um))
-
-
 def _predict_refined(
     model: Any, image: Any, pixel_size_um: float | None, wanted: Callable[[Any], bool]
 ) -> tuple[Any, float | None, float | None]:
@@ -665,9 +655,10 @@ def _predict_refined(
         pred, reading = both(image, pixel_size_um=pixel_size_um, near_focus=wanted)
         return (pred, *_refined_values(reading))
     pred = model.predict(image, pixel_size_um=pixel_size_um)
-    if not wanted(pred):
+    read = getattr(model, "read_near_focus", None)
+    if not (callable(read) and wanted(pred)):
         return pred, None, None
-    return (pred, *_read_refined(model, image, pixel_size_um))
+    return (pred, *_refined_values(read(image, pixel_size_um=pixel_size_um)))
 
 
 def _default_model() -> Any:
