@@ -251,6 +251,50 @@ def test_the_first_reading_is_never_calibrated(microscope):
     assert steps[1].z_um == pytest.approx(z0 + 1.0)
 
 
+class ShortFirstModel(FakeModel):
+    """A fake model whose first-move calibration stretches readings beyond 3 µm by 0.4 µm."""
+
+    first_move_calibration = NearFocusCalibration(
+        (-30.0, -10.0, -3.0, 3.0, 10.0, 30.0), (-30.0, -10.4, -3.0, 3.0, 10.4, 30.0)
+    )
+
+
+def _short_first(d, n):
+    # the first reading falls 4 % short (as the bundled DPN's does at 5-15 µm)
+    return d * 0.96 if n == 1 else d
+
+
+def test_the_first_move_goes_through_the_first_move_calibration(microscope):
+    fake = ShortFirstModel(microscope, _short_first)
+    z0 = microscope.move_to_defocus(10.0)
+    steps = list(itertools.islice(iter_refocus(microscope.core, fake, polish=False), 2))
+    # raw reading 9.6 µm, calibrated 9.6 + 0.4 × (6.6 / 7) = 9.977 µm
+    assert steps[0].prediction.defocus_um == pytest.approx(9.6)
+    assert steps[1].phase == "move"
+    assert steps[1].z_um == pytest.approx(z0 - (9.6 + 0.4 * 6.6 / 7.0), abs=1e-3)
+    assert abs(microscope.true_defocus_um()) < 0.05
+    # switched off, the move follows the raw reading and lands 0.4 µm short
+    z0 = microscope.move_to_defocus(10.0)
+    fake.calls = 0
+    raw = refocus(microscope.core, fake, polish=False, first_move_calibration=False, max_moves=1)
+    assert raw.start_z_um == pytest.approx(z0)
+    assert raw.readings[1].z_um == pytest.approx(z0 - 9.6, abs=1e-3)
+    with pytest.raises(ValueError, match="first_move_calibration must be True or False"):
+        refocus(microscope.core, fake, first_move_calibration="yes")
+
+
+def test_the_first_move_calibration_leaves_later_readings_alone(microscope):
+    # every reading falls 4 % short: only the first goes through the map; the
+    # check after the move (0.02 µm below focus) is read raw
+    fake = ShortFirstModel(microscope, lambda d, n: d * 0.96)
+    microscope.move_to_defocus(-10.0)
+    result = refocus(microscope.core, fake, polish=False)
+    assert result.verdict == "in_focus" and result.moves == 1
+    first, check = result.readings[0], result.readings[1]
+    assert first.defocus_um == pytest.approx(-9.6 - 0.4 * 6.6 / 7.0, abs=1e-3)
+    assert check.defocus_um == pytest.approx(0.96 * (check.z_um - (first.z_um + 10.0)), abs=1e-3)
+
+
 def test_already_in_focus_does_not_move(microscope):
     fake = FakeModel(microscope, lambda d, n: d)
     z0 = microscope.move_to_defocus(0.2)

@@ -126,6 +126,32 @@ def test_the_model_file_carries_the_calibration_and_predict_ignores_it(tmp_path)
         load_model(tmp_path / "m")
 
 
+def test_the_model_file_carries_a_first_move_calibration(tmp_path):
+    img = np.random.default_rng(1).integers(0, 256, size=(700, 700, 3), dtype=np.uint8)
+    raw = _fixed_model(8.0)
+    assert raw.first_move_calibration is None
+    cal = NearFocusCalibration((-20.0, -3.0, 3.0, 20.0), (-20.5, -3.0, 3.0, 20.5), "landings")
+    near = NearFocusCalibration((-2.0, 2.0), (-1.5, 2.0))
+    m = raw.with_first_move_calibration(cal).with_near_focus_calibration(near)
+    # predict() stays the DPN's own; the two maps are separate and both kept
+    assert m.predict(img).defocus_um == pytest.approx(8.0, abs=1e-5)
+    assert m.near_focus_calibration is not None and m.first_move_calibration is not None
+    m.save(tmp_path / "m")
+    loaded = load_model(tmp_path / "m")
+    assert loaded.first_move_calibration is not None
+    assert loaded.first_move_calibration.fitted_on == "landings"
+    assert loaded.first_move_calibration.apply([11.5])[0] == pytest.approx(11.75)
+    assert loaded.near_focus_calibration.apply([0.0])[0] == pytest.approx(0.25)
+    assert m.with_first_move_calibration(None).first_move_calibration is None
+    with pytest.raises(TypeError, match="NearFocusCalibration"):
+        raw.with_first_move_calibration({"input_um": [0, 1], "output_um": [0, 1]})
+    cfg = json.loads((tmp_path / "m.json").read_text())
+    cfg["first_move_calibration"] = {"input_um": [0.0, 1.0]}
+    (tmp_path / "m.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="input_um and output_um"):
+        load_model(tmp_path / "m")
+
+
 def test_the_bundled_model_reads_focus_near_zero_through_its_calibration():
     m = load_model()
     cal = m.near_focus_calibration

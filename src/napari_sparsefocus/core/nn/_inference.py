@@ -195,6 +195,13 @@ class SparseFocusModel:
         #: Posterior map for readings taken near focus (a refocus controller's
         #: verification snaps); ``None`` when the model file has none.
         self.near_focus_calibration = None if cal is None else NearFocusCalibration.from_dict(cal)
+        first = self.config.get("first_move_calibration")
+        #: Map of a first reading far from focus (the top-k median of an unknown
+        #: start) to the defocus the first move should use; ``None`` when the
+        #: model file has none. :meth:`predict` never applies it.
+        self.first_move_calibration = (
+            None if first is None else NearFocusCalibration.from_dict(first)
+        )
         #: Near-focus refiner (see :meth:`read_near_focus`); ``None`` when the
         #: model file has none.
         self.near_focus_refiner: NearFocusRefiner | None = None
@@ -220,6 +227,36 @@ class SparseFocusModel:
         cfg.pop("near_focus_calibration", None)
         if calibration is not None:
             cfg["near_focus_calibration"] = calibration.to_dict()
+        out = SparseFocusModel(self.rin, self.dpn, cfg)
+        out.near_focus_refiner = self.near_focus_refiner
+        return out
+
+    def with_first_move_calibration(
+        self, calibration: NearFocusCalibration | None
+    ) -> SparseFocusModel:
+        """Return the same networks with a new first-move calibration (or none).
+
+        Parameters
+        ----------
+        calibration : NearFocusCalibration or None
+            Piecewise-linear map of the top-k reading of a frame far from focus
+            to the defocus a refocus's first move should correct (see
+            ``scripts/fit-first-move-calibration.py``). :meth:`predict` never
+            applies it; the refocus controller does, to its first snap.
+
+        Returns
+        -------
+        SparseFocusModel
+            A new model sharing the networks; its config records the calibration.
+        """
+        if calibration is not None and not isinstance(calibration, NearFocusCalibration):
+            raise TypeError(
+                f"calibration must be a NearFocusCalibration, got {type(calibration).__name__}"
+            )
+        cfg = dict(self.config)
+        cfg.pop("first_move_calibration", None)
+        if calibration is not None:
+            cfg["first_move_calibration"] = calibration.to_dict()
         out = SparseFocusModel(self.rin, self.dpn, cfg)
         out.near_focus_refiner = self.near_focus_refiner
         return out
