@@ -13,9 +13,10 @@ controller reads the first snap with the near-focus refiner) and at ±30 µm.
 Each start is counted once (configurations share starts).
 
 The runs must come from a model *without* a first-move calibration (the
-landing must follow the raw reading): the bundled one was fitted on
-``benchmarks/results/refocus.json``, ``refocus_heldout_slides.json`` and
-``refocus_fresh_slides.json`` (slides 0-7 and 16-21), which predate it.
+landing must follow the raw reading). The one measured in docs/refocus.md was
+fitted on ``benchmarks/results/refocus.json``, ``refocus_heldout_slides.json`` and
+``refocus_fresh_slides.json`` (slides 0-7 and 16-21); the bundled model does not
+carry it (it costs about a point of refocus success for five of one-move share).
 
 Run: ``.venv/bin/python scripts/fit-first-move-calibration.py MODEL.json OUT RESULTS.json ...``
 """
