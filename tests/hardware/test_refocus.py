@@ -998,6 +998,15 @@ def test_verification_near_focus_reads_every_content_patch_weighted_by_sharpness
         RefocusOptions(verification_reading="mean")
 
 
+def test_a_first_snap_near_focus_without_a_refiner_keeps_the_top_k_reading(microscope):
+    # the weighted near-focus reading is for snaps after a move, never for the first
+    model = AllPatchesModel(microscope)
+    microscope.move_to_defocus(1.0)
+    result = refocus(microscope.core, model, polish=False, verification_reading="weighted")
+    assert model.k_modes[:2] == ["auto", "auto"]
+    assert result.readings[0].defocus_um == pytest.approx(2.0)
+
+
 class RefinedModel(AllPatchesModel):
     """An :class:`AllPatchesModel` with a near-focus refiner reading 0.05 µm high, and a
     calibration that adds 0.3 µm (which a refined reading must not get)."""

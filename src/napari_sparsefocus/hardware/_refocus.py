@@ -987,14 +987,15 @@ class _Refocus:
             mag = float(np.median(vals)) if vals and all(map(math.isfinite, vals)) else abs(d)
             first = not self.readings
             first_cal = getattr(self.model, "first_move_calibration", None)
-            if first and refined is not None:
-                # a first snap near focus (a small drift): the refiner reads it far
-                # better than the top-k median, whose floor there is about 1 µm
-                d = refined
-            elif first and first_cal is not None and self.opts.first_move_calibration:
-                # far from focus the top-k median falls short by a few tenths of a
-                # µm at 5-15 µm (the first move lands on the start's side)
-                d = float(first_cal.apply([d])[0])
+            if first:
+                if refined is not None:
+                    # a first snap near focus (a small drift): the refiner reads it far
+                    # better than the top-k median, whose floor there is about 1 µm
+                    d = refined
+                elif first_cal is not None and self.opts.first_move_calibration:
+                    # far from focus the top-k median falls short by a few tenths of
+                    # a µm at 5-15 µm (the first move lands on the start's side)
+                    d = float(first_cal.apply([d])[0])
             elif self.opts.verification_reading != "median" and self._near_focus(pred):
                 # a verification near focus: every content patch, weighted by sharpness,
                 # each refined to its own defocus when the model has a near-focus refiner

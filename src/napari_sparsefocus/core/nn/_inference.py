@@ -223,13 +223,7 @@ class SparseFocusModel:
         SparseFocusModel
             A new model sharing the networks; its config records the calibration.
         """
-        cfg = dict(self.config)
-        cfg.pop("near_focus_calibration", None)
-        if calibration is not None:
-            cfg["near_focus_calibration"] = calibration.to_dict()
-        out = SparseFocusModel(self.rin, self.dpn, cfg)
-        out.near_focus_refiner = self.near_focus_refiner
-        return out
+        return self._with_calibration("near_focus_calibration", calibration)
 
     def with_first_move_calibration(
         self, calibration: NearFocusCalibration | None
@@ -253,10 +247,16 @@ class SparseFocusModel:
             raise TypeError(
                 f"calibration must be a NearFocusCalibration, got {type(calibration).__name__}"
             )
+        return self._with_calibration("first_move_calibration", calibration)
+
+    def _with_calibration(
+        self, key: str, calibration: NearFocusCalibration | None
+    ) -> SparseFocusModel:
+        """Return a new model with the same networks and refiner and config entry ``key`` set."""
         cfg = dict(self.config)
-        cfg.pop("first_move_calibration", None)
+        cfg.pop(key, None)
         if calibration is not None:
-            cfg["first_move_calibration"] = calibration.to_dict()
+            cfg[key] = calibration.to_dict()
         out = SparseFocusModel(self.rin, self.dpn, cfg)
         out.near_focus_refiner = self.near_focus_refiner
         return out
