@@ -986,8 +986,8 @@ class _Refocus:
             vals = [abs(float(p.defocus_um)) for p in patches]
             mag = float(np.median(vals)) if vals and all(map(math.isfinite, vals)) else abs(d)
             first = not self.readings
-            first_cal = getattr(self.model, "first_move_calibration", None)
             if first:
+                first_cal = getattr(self.model, "first_move_calibration", None)
                 if refined is not None:
                     # a first snap near focus (a small drift): the refiner reads it far
                     # better than the top-k median, whose floor there is about 1 µm

@@ -94,17 +94,15 @@ class NearFocusCalibration:
         }
 
     @classmethod
-    def from_dict(cls, data: Any) -> NearFocusCalibration:
-        """Build from :meth:`to_dict`'s form, with a clear error on a malformed entry."""
+    def from_dict(cls, data: Any, name: str = "near_focus_calibration") -> NearFocusCalibration:
+        """Build from :meth:`to_dict`'s form; a malformed entry raises, naming ``name``."""
         if not isinstance(data, dict) or "input_um" not in data or "output_um" not in data:
-            raise ValueError(
-                "near_focus_calibration must be an object with input_um and output_um lists"
-            )
+            raise ValueError(f"{name} must be an object with input_um and output_um lists")
         try:
             x = tuple(float(v) for v in data["input_um"])
             y = tuple(float(v) for v in data["output_um"])
         except (TypeError, ValueError) as exc:
-            raise ValueError(f"near_focus_calibration knots must be numbers: {exc}") from None
+            raise ValueError(f"{name} knots must be numbers: {exc}") from None
         return cls(x, y, str(data.get("fitted_on", "")))
 
 

@@ -200,7 +200,9 @@ class SparseFocusModel:
         #: start) to the defocus the first move should use; ``None`` when the
         #: model file has none. :meth:`predict` never applies it.
         self.first_move_calibration = (
-            None if first is None else NearFocusCalibration.from_dict(first)
+            None
+            if first is None
+            else NearFocusCalibration.from_dict(first, name="first_move_calibration")
         )
         #: Near-focus refiner (see :meth:`read_near_focus`); ``None`` when the
         #: model file has none.
@@ -243,16 +245,16 @@ class SparseFocusModel:
         SparseFocusModel
             A new model sharing the networks; its config records the calibration.
         """
-        if calibration is not None and not isinstance(calibration, NearFocusCalibration):
-            raise TypeError(
-                f"calibration must be a NearFocusCalibration, got {type(calibration).__name__}"
-            )
         return self._with_calibration("first_move_calibration", calibration)
 
     def _with_calibration(
         self, key: str, calibration: NearFocusCalibration | None
     ) -> SparseFocusModel:
         """Return a new model with the same networks and refiner and config entry ``key`` set."""
+        if calibration is not None and not isinstance(calibration, NearFocusCalibration):
+            raise TypeError(
+                f"calibration must be a NearFocusCalibration, got {type(calibration).__name__}"
+            )
         cfg = dict(self.config)
         cfg.pop(key, None)
         if calibration is not None:
